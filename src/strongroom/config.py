@@ -1,0 +1,197 @@
+"""Configuration: one typed ``Config`` built from any mapping of the seed's setting names.
+
+The same names work as environment variables (standalone CLI, ``celery -A strongroom``) and as
+Django settings (see :mod:`strongroom.conf`, which layers ``settings`` over ``os.environ``). This
+module imports no Django so the CLI can run in a disaster, when the application is gone.
+
+Secrets (keys, S3 credentials, database passwords) are kept as given and never rendered by
+``Config.describe()``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from strongroom.errors import ConfigError
+
+DEFAULT_LOCAL_PATH = "/var/backups/strongroom"
+DEFAULT_LOCATIONS = ("local", "r2", "b2")
+DEFAULT_RETENTION_DAYS = {"local": 30, "r2": 365, "b2": 365}
+
+
+@dataclass(frozen=True)
+class LocationSpec:
+    """One configured storage location: a backend kind plus its options."""
+
+    name: str
+    kind: str
+    required: bool
+    retention_days: int
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: Why this location cannot be used (missing settings); empty when configured.
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a backup, verify or restore needs to know."""
+
+    database_url: str
+    encryption_key: str | None
+    old_encryption_keys: tuple[str, ...]
+    locations: tuple[LocationSpec, ...]
+    codec: str = "zstd"
+    codec_level: int | None = None
+    codec_threads: int = -1
+    pg_dump_timeout: float = 3600.0
+    pg_bindir: str | None = None
+    catalog_url: str | None = None
+    restore_jobs: int = 2
+    stale_after_hours: float = 26.0
+    webhook_url: str | None = None
+    lock_timeout: float = 0.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def location(self, name: str) -> LocationSpec:
+        """The location called ``name``; a ``ConfigError`` lists the configured ones."""
+        for spec in self.locations:
+            if spec.name == name:
+                return spec
+        known = ", ".join(s.name for s in self.locations)
+        raise ConfigError(f"no location named {name!r} is configured (configured: {known})")
+
+
+def _get(source: Mapping[str, Any], name: str, default: Any = None) -> Any:
+    value = source.get(name, default)
+    if isinstance(value, str):
+        value = value.strip()
+        if value == "":
+            return default
+    return value
+
+
+def _int(source: Mapping[str, Any], name: str, default: int | None) -> int | None:
+    value = _get(source, name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _float(source: Mapping[str, Any], name: str, default: float) -> float:
+    value = _get(source, name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+
+
+def _names(source: Mapping[str, Any], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = _get(source, name)
+    if value is None:
+        return default
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def _local_spec(source: Mapping[str, Any], required: bool) -> LocationSpec:
+    path = _get(source, "BACKUP_LOCAL_PATH", DEFAULT_LOCAL_PATH)
+    days = _int(source, "BACKUP_LOCAL_RETENTION_DAYS", DEFAULT_RETENTION_DAYS["local"])
+    return LocationSpec("local", "local", required, days or 30, {"path": str(path)})
+
+
+_CLOUD_VARS = ("BUCKET_NAME", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
+
+
+def _cloud_spec(source: Mapping[str, Any], name: str, required: bool) -> LocationSpec:
+    """R2 and B2 share one shape; only the default endpoint differs."""
+    from strongroom.core.storage.s3 import b2_endpoint, r2_endpoint
+
+    env = name.upper()
+    opts: dict[str, Any] = {
+        "bucket": _get(source, f"{env}_BUCKET_NAME"),
+        "access_key_id": _get(source, f"{env}_ACCESS_KEY_ID"),
+        "secret_access_key": _get(source, f"{env}_SECRET_ACCESS_KEY"),
+        "prefix": _get(source, f"{env}_PREFIX", ""),
+        "endpoint_url": _get(source, f"{env}_ENDPOINT_URL"),
+    }
+    region = _get(source, f"{env}_REGION")
+    if name == "r2":
+        opts["region"] = region or "auto"
+        account = _get(source, "R2_ACCOUNT_ID")
+        if not opts["endpoint_url"] and account:
+            opts["endpoint_url"] = r2_endpoint(str(account))
+    else:
+        opts["region"] = region or "us-east-005"
+        if not opts["endpoint_url"] and region:
+            opts["endpoint_url"] = b2_endpoint(str(region))
+    for key in ("max_attempts", "connect_timeout", "read_timeout", "part_size"):
+        value = _get(source, f"{env}_{key.upper()}")
+        if value is not None:
+            opts[key] = float(value) if "timeout" in key else int(value)
+    missing = [f"{env}_{v}" for v in _CLOUD_VARS if not _get(source, f"{env}_{v}")]
+    if not opts["endpoint_url"]:
+        missing.append(
+            f"{env}_ENDPOINT_URL or " + ("R2_ACCOUNT_ID" if name == "r2" else "B2_REGION")
+        )
+    problem = f"{name} is not configured: set {', '.join(missing)}" if missing else ""
+    days = _int(source, f"{env}_RETENTION_DAYS", DEFAULT_RETENTION_DAYS[name]) or 365
+    opts = {k: v for k, v in opts.items() if v is not None}
+    return LocationSpec(name, "s3", required, days, opts, problem)
+
+
+def _location_specs(source: Mapping[str, Any]) -> tuple[LocationSpec, ...]:
+    names = _names(source, "STRONGROOM_LOCATIONS", DEFAULT_LOCATIONS)
+    required = set(_names(source, "STRONGROOM_REQUIRED_LOCATIONS", ("local",)))
+    specs = []
+    for name in names:
+        if name == "local":
+            specs.append(_local_spec(source, name in required))
+        elif name in ("r2", "b2"):
+            specs.append(_cloud_spec(source, name, name in required))
+        else:
+            raise ConfigError(
+                f"STRONGROOM_LOCATIONS names unknown location {name!r}: use local, r2 and/or b2"
+            )
+    if not specs:
+        raise ConfigError("STRONGROOM_LOCATIONS is empty: name at least one of local, r2, b2")
+    return tuple(specs)
+
+
+def load_config(source: Mapping[str, Any]) -> Config:
+    """Build a ``Config`` from ``source`` (``os.environ`` or Django settings over it).
+
+    Only shapes are checked here; keys are parsed by the keyring and locations probed by their
+    backends, so each problem is reported by the component that understands it.
+    """
+    old = _get(source, "BACKUP_ENCRYPTION_OLD_KEYS")
+    old_keys = tuple(k.strip() for k in old.split(",") if k.strip()) if isinstance(old, str) else ()
+    if old is not None and not isinstance(old, str):
+        old_keys = tuple(str(k) for k in old)
+    return Config(
+        database_url=str(_get(source, "DATABASE_URL", "") or ""),
+        encryption_key=_get(source, "BACKUP_ENCRYPTION_KEY"),
+        old_encryption_keys=old_keys,
+        locations=_location_specs(source),
+        codec=str(_get(source, "BACKUP_COMPRESSION", "zstd")),
+        codec_level=_int(source, "BACKUP_COMPRESSION_LEVEL", None),
+        codec_threads=_int(source, "BACKUP_COMPRESSION_THREADS", -1) or -1,
+        pg_dump_timeout=_float(source, "BACKUP_PG_DUMP_TIMEOUT", 3600.0),
+        pg_bindir=_get(source, "BACKUP_PG_BINDIR"),
+        catalog_url=_get(source, "STRONGROOM_CATALOG_URL"),
+        restore_jobs=_int(source, "BACKUP_RESTORE_JOBS", 2) or 2,
+        stale_after_hours=_float(source, "BACKUP_MAX_AGE_HOURS", 26.0),
+        webhook_url=_get(source, "BACKUP_NOTIFY_WEBHOOK_URL"),
+    )
+
+
+def config_from_env() -> Config:
+    """The standalone configuration: environment variables only."""
+    return load_config(os.environ)

@@ -1,0 +1,158 @@
+"""The ``strongroom`` command line (also ``python manage.py strongroom``).
+
+Thin by design: parse, call a service, render. Every ``StrongroomError`` becomes one line on
+stderr and its exit code; nothing else turns errors into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from strongroom import __version__
+from strongroom.config import Config, config_from_env
+from strongroom.errors import ConfigError, StrongroomError
+from strongroom.interfaces import render
+
+log = logging.getLogger("strongroom")
+
+Handler = Callable[[argparse.Namespace, Config], int]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="strongroom",
+        description="Encrypted, triple-redundant backup and restore for multi-tenant PostgreSQL.",
+    )
+    p.add_argument("--version", action="version", version=f"strongroom {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("backup", help="dump, compress, encrypt and store the database now")
+    _json(b)
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ls = sub.add_parser("list", help="list backups in the catalog")
+    _json(ls)
+    ls.add_argument("--database", help="only this database")
+    ls.add_argument("--limit", type=int, default=50)
+
+    sh = sub.add_parser("show", help="show one backup and its copies")
+    _json(sh)
+    sh.add_argument("id", help="backup id")
+
+    v = sub.add_parser("verify", help="re-read every copy, check SHA-256 and authentication")
+    _json(v)
+    _which(v)
+
+    r = sub.add_parser("restore", help="restore a backup into a database")
+    _json(r)
+    _which(r)
+    r.add_argument(
+        "--target",
+        required=True,
+        metavar="URL",
+        help="database to restore into (created if missing; must be empty); "
+        "put its password in PGPASSWORD or a passfile, not here",
+    )
+    r.add_argument(
+        "--from",
+        dest="from_location",
+        metavar="LOCATION",
+        help="restore from this location only (default: first intact copy)",
+    )
+    r.add_argument("-j", "--jobs", type=int, help="parallel pg_restore jobs (default 2)")
+    r.add_argument(
+        "--replace", action="store_true", help="drop the target's schemas first if it is not empty"
+    )
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("check", help="check configuration, database and every location")
+    _json(c)
+
+    sr = sub.add_parser("setup-role", help="create a least-privilege backup role with BYPASSRLS")
+    sr.add_argument("name", help="role name, e.g. strongroom_backup")
+    sr.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
+    sr.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="take the new role's password from this environment variable",
+    )
+
+    sub.add_parser("keygen", help="print a new BACKUP_ENCRYPTION_KEY")
+
+    d = sub.add_parser("demo", help="throwaway PostgreSQL + S3 servers: backup, verify, restore")
+    d.add_argument("--scale", type=int, default=1, help="demo data size multiplier")
+    d.add_argument("--keep", action="store_true", help="leave the servers running at the end")
+    return p
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _which(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("id", nargs="?", help="backup id")
+    g.add_argument("--latest", action="store_true", help="the newest restorable backup")
+
+
+def main(argv: Sequence[str] | None = None, *, config: Config | None = None) -> int:
+    """Entry point; ``config`` is given by ``manage.py strongroom`` (Django settings)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="strongroom: %(levelname)s: %(message)s",
+    )
+    try:
+        return _dispatch(args, config)
+    except StrongroomError as exc:
+        print(f"strongroom: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("strongroom: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
+    from strongroom.interfaces import commands
+
+    if args.command == "keygen":
+        return commands.keygen(args)
+    if args.command == "demo":
+        return commands.demo(args)
+    if config is None:
+        config = config_from_env()
+        from strongroom.catalog.bootstrap import ensure_django
+
+        ensure_django(config.catalog_url)
+    handlers: dict[str, Handler] = {
+        "backup": commands.backup,
+        "list": commands.list_backups,
+        "show": commands.show,
+        "verify": commands.verify,
+        "restore": commands.restore,
+        "check": commands.check,
+        "setup-role": commands.setup_role,
+    }
+    return handlers[args.command](args, config)
+
+
+def emit_json(document: Any) -> None:
+    json.dump(document, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def env_secret(var: str) -> str:
+    value = os.environ.get(var, "")
+    if not value:
+        raise ConfigError(f"environment variable {var} is empty: export the password there")
+    return value
+
+
+__all__ = ["emit_json", "env_secret", "main", "render"]

@@ -1,0 +1,163 @@
+"""One function per CLI command: call the service, render the result, return the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from strongroom.catalog import store
+from strongroom.config import Config
+from strongroom.core import crypto, postgres
+from strongroom.interfaces import render
+from strongroom.interfaces.cli import emit_json, env_secret
+from strongroom.services import backup as backup_service
+from strongroom.services import health
+from strongroom.services import restore as restore_service
+from strongroom.services import verify as verify_service
+
+
+def keygen(args: argparse.Namespace) -> int:
+    print(crypto.generate_key())
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from strongroom.sandbox.demo import run_demo
+
+    return run_demo(scale=args.scale, keep=args.keep)
+
+
+def backup(args: argparse.Namespace, config: Config) -> int:
+    show = not (args.json or args.no_progress)
+    with render.progress("backup", show) as update:
+        report = backup_service.run_full_backup(config, progress=lambda raw, stored: update(raw))
+    doc = store.backup_to_dict(store.get_backup(report.id))
+    if args.json:
+        emit_json(doc)
+    else:
+        render.backup_detail(doc)
+    if report.status != "COMPLETED":
+        render.err.print(
+            f"strongroom: error: backup {report.id} is {report.status}: {report.error}"
+        )
+        return 6
+    return 0
+
+
+def list_backups(args: argparse.Namespace, config: Config) -> int:
+    rows = [store.backup_to_dict(b) for b in store.list_backups(args.database, args.limit)]
+    if args.json:
+        emit_json(rows)
+    else:
+        render.backups_table(rows)
+    return 0
+
+
+def show(args: argparse.Namespace, config: Config) -> int:
+    doc = store.backup_to_dict(store.get_backup(args.id))
+    if args.json:
+        emit_json(doc)
+    else:
+        render.backup_detail(doc)
+    return 0
+
+
+def verify(args: argparse.Namespace, config: Config) -> int:
+    report = verify_service.verify_backup(config, None if args.latest else args.id)
+    if args.json:
+        doc = store.backup_to_dict(store.get_backup(report.id))
+        doc["checks"] = [vars(c) for c in report.copies]
+        emit_json(doc)
+    else:
+        for c in report.copies:
+            mark = "ok  " if c.ok else "FAIL"
+            render.out.print(f"{mark} {c.location:<8} {c.detail}")
+        render.out.print(f"backup {report.id}: {report.status}")
+    if not report.ok:
+        render.err.print(
+            f"strongroom: error: backup {report.id} failed verification: {report.problems()}"
+        )
+        return 4
+    return 0
+
+
+def restore(args: argparse.Namespace, config: Config) -> int:
+    show = not (args.json or args.no_progress)
+    with render.progress("download+verify", show) as update:
+        report = restore_service.restore_backup(
+            config,
+            None if args.latest else args.id,
+            args.target,
+            from_location=args.from_location,
+            jobs=args.jobs,
+            replace=args.replace,
+            progress=update,
+        )
+    if args.json:
+        emit_json(
+            {
+                "id": report.id,
+                "status": "RESTORED" if report.ok else "MISMATCH",
+                "source": report.source,
+                "target": report.target,
+                "jobs": report.jobs,
+                "seconds": round(report.seconds, 3),
+                "skipped": report.skipped,
+                "tables": {
+                    t: {"expected": e, "restored": a} for t, (e, a) in report.table_rows.items()
+                },
+            }
+        )
+    else:
+        for skipped in report.skipped:
+            render.out.print(f"skipped copy {skipped}")
+        render.out.print(
+            f"restored backup {report.id} from {report.source} into {report.target} "
+            f"(-j {report.jobs}) in {report.seconds:.1f}s"
+        )
+        for table, (expected, actual) in report.table_rows.items():
+            mark = "ok  " if expected == actual else "DIFF"
+            render.out.print(
+                f"  {mark} {table:<40} {expected:>10} rows in backup, "
+                f"{actual if actual is not None else '-':>10} restored"
+            )
+    if not report.ok:
+        render.err.print(
+            f"strongroom: error: row counts differ from the manifest in "
+            f"{len(report.mismatches)} table(s): {', '.join(report.mismatches)}"
+        )
+        return 7
+    return 0
+
+
+def check(args: argparse.Namespace, config: Config) -> int:
+    report = health.run_checks(config)
+    if args.json:
+        emit_json(
+            {
+                "ok": report.ok,
+                "status": "OK" if report.ok else "FAILED",
+                "checks": [vars(p) for p in report.probes],
+            }
+        )
+    else:
+        for p in report.probes:
+            mark = "ok  " if p.ok else ("FAIL" if p.required else "warn")
+            render.out.print(f"{mark} {p.name:<16} {p.detail}", soft_wrap=True)
+    return 0 if report.ok else 8
+
+
+def setup_role(args: argparse.Namespace, config: Config) -> int:
+    admin_url = os.environ.get("STRONGROOM_ADMIN_DATABASE_URL") or config.database_url
+    target = postgres.ConnInfo.parse(admin_url)
+    if args.dry_run:
+        for stmt in postgres.setup_role_sql(args.name, target.dbname):
+            print(stmt + ";")
+        return 0
+    password = env_secret(args.password_env) if args.password_env else None
+    postgres.apply_setup_role(target, args.name, password)
+    render.out.print(
+        f"role {args.name} ready on {target.dbname}: LOGIN, BYPASSRLS, read-only. "
+        f"Point DATABASE_URL at it (password in PGPASSWORD or a passfile)."
+    )
+    return 0

@@ -1,0 +1,114 @@
+"""Human output: tables, sizes and progress bars (rich), only ever on a terminal for progress."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+@contextmanager
+def progress(
+    label: str, enabled: bool, total: int | None = None
+) -> Iterator[Callable[[int], None]]:
+    """Yield ``update(bytes_done)``; draws bytes and rate on a terminal, nothing otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda done: None
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def backups_table(rows: list[dict[str, Any]]) -> None:
+    table = Table(title=None, show_lines=False)
+    for col in ("id", "type", "database", "status", "size", "saved", "duration", "locations"):
+        table.add_column(col)
+    for r in rows:
+        ratio = r.get("compression_ratio")
+        locations = " ".join(f"{c['location']}:{c['status'].lower()}" for c in r.get("copies", []))
+        table.add_row(
+            r["id"],
+            r.get("backup_type", ""),
+            r.get("database", ""),
+            _status(r["status"]),
+            size(r.get("size_bytes")),
+            f"{ratio * 100:.0f}%" if ratio is not None else "-",
+            f"{r.get('backup_duration_seconds') or 0:.1f}s",
+            locations,
+        )
+    out.print(table)
+
+
+def _status(status: str) -> str:
+    colour = {
+        "VERIFIED": "green",
+        "COMPLETED": "green",
+        "PARTIAL": "yellow",
+        "FAILED": "red",
+        "IN_PROGRESS": "cyan",
+        "SKIPPED": "dim",
+    }.get(status, "white")
+    return f"[{colour}]{status}[/{colour}]"
+
+
+def backup_detail(doc: dict[str, Any]) -> None:
+    out.print(f"[bold]backup {doc['id']}[/bold]  {_status(doc['status'])}")
+    for field in (
+        "backup_type",
+        "database",
+        "tenant_id",
+        "filename",
+        "checksum",
+        "started_at",
+        "finished_at",
+        "verified_at",
+        "backup_job_id",
+        "error",
+    ):
+        if doc.get(field):
+            out.print(f"  {field:<24} {doc[field]}")
+    out.print(
+        f"  {'size':<24} {size(doc.get('size_bytes'))} stored, "
+        f"{size(doc.get('raw_size_bytes'))} raw"
+    )
+    if doc.get("compression_ratio") is not None:
+        out.print(f"  {'compression':<24} {doc['compression_ratio'] * 100:.1f}% saved")
+    for c in doc.get("copies", []):
+        line = f"  copy {c['location']:<19} {_status(c['status'])} {c.get('key', '')}"
+        out.print(line + (f"  ({c['error']})" if c.get("error") else ""))

@@ -1,0 +1,122 @@
+"""``strongroom check``: is everything in place for tonight's backup, and was last night's good?
+
+Each probe yields one line; none prints a secret. The overall result is non-zero when anything
+required is broken or the newest good backup is older than ``BACKUP_MAX_AGE_HOURS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from strongroom.catalog import store
+from strongroom.config import Config
+from strongroom.core import postgres
+from strongroom.core.crypto import Keyring
+from strongroom.errors import BackupNotFound, StrongroomError
+from strongroom.services.runtime import build_locations
+
+
+@dataclass
+class Probe:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+
+
+@dataclass
+class HealthReport:
+    probes: list[Probe] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.probes if p.required)
+
+
+def run_checks(config: Config, *, now: datetime | None = None) -> HealthReport:
+    report = HealthReport()
+    report.probes.append(_key_probe(config))
+    report.probes.append(_database_probe(config))
+    report.probes.extend(_location_probes(config))
+    report.probes.extend(_catalog_probes(config, now or datetime.now(UTC)))
+    return report
+
+
+def _key_probe(config: Config) -> Probe:
+    try:
+        ring = Keyring.from_strings(config.encryption_key, config.old_encryption_keys)
+    except StrongroomError as exc:
+        return Probe("key", False, str(exc))
+    olds = len(ring.key_ids) - 1
+    return Probe("key", True, f"primary key id {ring.primary_id}, {olds} older key(s)")
+
+
+def _database_probe(config: Config) -> Probe:
+    try:
+        target = postgres.ConnInfo.parse(config.database_url)
+        pre = postgres.preflight(target)
+    except StrongroomError as exc:
+        return Probe("database", False, str(exc))
+    how = "bypasses RLS" if pre.bypasses_rls else "no RLS tables"
+    return Probe(
+        "database",
+        True,
+        f"{target}: PostgreSQL {pre.server_version}, {len(pre.tables)} tables, "
+        f"role {pre.role} {how}",
+    )
+
+
+def _location_probes(config: Config) -> list[Probe]:
+    probes = []
+    locations, unconfigured = build_locations(config.locations)
+    for spec in config.locations:
+        if spec.name in unconfigured:
+            probes.append(
+                Probe(f"location {spec.name}", False, unconfigured[spec.name], spec.required)
+            )
+    for loc in locations:
+        try:
+            result = loc.check()
+            ok = result.reachable and result.writable
+            detail = f"{loc.describe()}: {result.detail}"
+        except StrongroomError as exc:
+            ok, detail = False, str(exc)
+        probes.append(Probe(f"location {loc.name}", ok, detail, loc.required))
+    return probes
+
+
+def _catalog_probes(config: Config, now: datetime) -> list[Probe]:
+    probes = []
+    stale = store.fail_stale_runs(now=now)
+    if stale:
+        probes.append(
+            Probe(
+                "stale runs",
+                True,
+                f"marked {len(stale)} dead run(s) FAILED: {', '.join(stale)}",
+                False,
+            )
+        )
+    try:
+        database = postgres.ConnInfo.parse(config.database_url).dbname
+    except StrongroomError:
+        database = None
+    limit = timedelta(hours=config.stale_after_hours)
+    try:
+        newest = store.latest_backup(database=database)
+    except BackupNotFound:
+        probes.append(Probe("freshness", False, f"no successful backup of {database} yet"))
+        return probes
+    age = now - (newest.finished_at or newest.created_at)
+    hours = age.total_seconds() / 3600
+    ok = age <= limit
+    probes.append(
+        Probe(
+            "freshness",
+            ok,
+            f"newest good backup {newest.id} ({newest.status}) is {hours:.1f} h old"
+            + ("" if ok else f", older than the {config.stale_after_hours:g} h limit"),
+        )
+    )
+    return probes

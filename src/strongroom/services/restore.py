@@ -1,0 +1,125 @@
+"""Restore: find an intact copy, verify it whole, then hand it to ``pg_restore -j N``.
+
+No unauthenticated or checksum-failing byte ever reaches pg_restore: the archive is decrypted
+into a private scratch file (0700 directory) and pg_restore starts only once the whole object
+authenticated and its SHA-256 matched. That file also gives pg_restore the seekable archive that
+parallel restore needs. The target is checked for emptiness before anything is downloaded and
+cleared (with ``replace``) only after a good copy is in hand, so a bad backup never costs the
+target its data.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from strongroom.config import Config
+from strongroom.core import postgres
+from strongroom.core.codecs import get_codec
+from strongroom.core.manifest import Manifest
+from strongroom.core.readback import read_back
+from strongroom.errors import IntegrityError, RestoreError, StrongroomError, WrongKeyError
+from strongroom.services.discovery import CopyRef, find_copies
+from strongroom.services.runtime import Runtime
+
+log = logging.getLogger("strongroom.restore")
+
+
+@dataclass
+class RestoreReport:
+    id: str
+    source: str
+    target: str
+    jobs: int
+    seconds: float = 0.0
+    table_rows: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def mismatches(self) -> dict[str, tuple[int, int | None]]:
+        return {t: (e, a) for t, (e, a) in self.table_rows.items() if e != a}
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+def restore_backup(
+    config: Config,
+    backup_id: str | None,
+    target_url: str,
+    *,
+    from_location: str | None = None,
+    jobs: int | None = None,
+    replace: bool = False,
+    scratch_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RestoreReport:
+    """Restore ``backup_id`` (or the latest restorable backup) into ``target_url``."""
+    runtime = Runtime.build(config)
+    target = postgres.ConnInfo.parse(target_url)
+    if not replace:
+        postgres.prepare_target(target, replace=False)  # refuse a non-empty target up front
+    copies = find_copies(runtime, backup_id, from_location)
+    jobs = jobs or config.restore_jobs
+    started = time.monotonic()
+    scratch = Path(tempfile.mkdtemp(prefix="strongroom-restore-", dir=scratch_dir))
+    try:
+        archive = scratch / "archive.dump"
+        copy, manifest, skipped = _fetch_first_intact(runtime, copies, archive, progress)
+        postgres.prepare_target(target, replace=replace)
+        postgres.run_restore(archive, target, jobs=jobs, bindir=config.pg_bindir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    actual = postgres.target_row_counts(target)
+    report = RestoreReport(
+        manifest.id,
+        copy.location.name,
+        str(target),
+        jobs,
+        time.monotonic() - started,
+        skipped=skipped,
+    )
+    for table, expected in sorted(manifest.table_rows.items()):
+        report.table_rows[table] = (expected, actual.get(table))
+    return report
+
+
+def _fetch_first_intact(
+    runtime: Runtime,
+    copies: list[CopyRef],
+    archive: Path,
+    progress: Callable[[int], None] | None,
+) -> tuple[CopyRef, Manifest, list[str]]:
+    """Try each copy in order; the first that verifies whole wins. Falls back on any failure."""
+    skipped: list[str] = []
+    for copy in copies:
+        try:
+            manifest = Manifest.from_document(
+                copy.location.get_bytes(copy.manifest_key), runtime.keyring
+            )
+            if copy.expected_sha256 and manifest.sha256 != copy.expected_sha256:
+                raise IntegrityError("manifest checksum differs from the catalog's")
+            codec = get_codec(manifest.codec, manifest.codec_level)
+            with archive.open("wb") as out:
+                read_back(
+                    copy.location.open_reader(copy.key),
+                    runtime.keyring,
+                    codec,
+                    expected_sha256=manifest.sha256,
+                    sink=out.write,
+                    progress=progress,
+                )
+            return copy, manifest, skipped
+        except WrongKeyError:
+            raise  # every copy needs the same key: the operator's to fix, not a fallback case
+        except StrongroomError as exc:
+            skipped.append(f"{copy.location.name}: {exc}")
+            log.warning("copy in %s unusable, trying the next: %s", copy.location.name, exc)
+    detail = "; ".join(skipped) or "no copies recorded"
+    raise RestoreError(f"no intact copy to restore from ({detail})")

@@ -1,0 +1,113 @@
+"""Verify: re-read every copy of a backup, recompute SHA-256, authenticate, record per copy."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from strongroom.catalog import store
+from strongroom.config import Config
+from strongroom.core.codecs import get_codec
+from strongroom.core.manifest import Manifest
+from strongroom.core.readback import read_back
+from strongroom.core.storage.base import Location
+from strongroom.errors import IntegrityError, ObjectNotFound, StrongroomError
+from strongroom.services.runtime import Runtime
+
+log = logging.getLogger("strongroom.verify")
+
+
+@dataclass
+class CopyCheck:
+    location: str
+    ok: bool
+    detail: str
+    status: str  # VERIFIED, CORRUPT, MISSING, UNREACHABLE
+
+
+@dataclass
+class VerifyReport:
+    id: str
+    status: str
+    copies: list[CopyCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.copies) and all(c.ok for c in self.copies)
+
+    def problems(self) -> str:
+        return "; ".join(f"{c.location}: {c.detail}" for c in self.copies if not c.ok)
+
+
+def load_manifest(loc: Location, manifest_key: str, runtime: Runtime) -> Manifest:
+    """Read and authenticate a copy's manifest."""
+    return Manifest.from_document(loc.get_bytes(manifest_key), runtime.keyring)
+
+
+def check_copy(
+    runtime: Runtime, loc: Location, key: str, manifest_key: str, expected_sha256: str
+) -> tuple[CopyCheck, Manifest | None]:
+    """Full read-back of one copy against the catalog's checksum and the copy's manifest."""
+    try:
+        manifest = load_manifest(loc, manifest_key, runtime)
+        if expected_sha256 and manifest.sha256 != expected_sha256:
+            raise IntegrityError(
+                f"manifest checksum {manifest.sha256[:16]}... differs from the catalog's "
+                f"{expected_sha256[:16]}..."
+            )
+        codec = get_codec(manifest.codec, manifest.codec_level)
+        back = read_back(
+            loc.open_reader(key), runtime.keyring, codec, expected_sha256=manifest.sha256
+        )
+        if back.raw_size != manifest.raw_size:
+            raise IntegrityError(
+                f"decrypted size {back.raw_size} differs from the manifest's {manifest.raw_size}"
+            )
+    except ObjectNotFound as exc:
+        return CopyCheck(loc.name, False, f"missing: {exc}", "MISSING"), None
+    except IntegrityError as exc:
+        return CopyCheck(loc.name, False, f"corrupt: {exc}", "CORRUPT"), None
+    except StrongroomError as exc:
+        return CopyCheck(loc.name, False, f"unreadable: {exc}", "UNREACHABLE"), None
+    return CopyCheck(loc.name, True, f"sha256 {back.sha256[:16]}... ok", "VERIFIED"), manifest
+
+
+def verify_backup(config: Config, backup_id: str | None) -> VerifyReport:
+    """Verify the given (or latest restorable) backup in every location that holds a copy."""
+    runtime = Runtime.build(config)
+    backup = store.get_backup(backup_id) if backup_id else store.latest_backup()
+    report = VerifyReport(backup.id, backup.status)
+    for copy in store.copies_of(backup.id):
+        if copy.status in ("FAILED", "DELETED", "PENDING"):
+            continue
+        try:
+            loc = runtime.location(copy.location)
+        except StrongroomError as exc:
+            report.copies.append(CopyCheck(copy.location, False, str(exc), "UNREACHABLE"))
+            continue
+        check, _ = check_copy(runtime, loc, copy.key, copy.manifest_key, backup.checksum)
+        report.copies.append(check)
+        store.record_copy_check(
+            backup.id, copy.location, status=check.status, error="" if check.ok else check.detail
+        )
+    report.status = _new_status(report, backup.status)
+    store.finish_verify(
+        backup.id,
+        status=report.status,
+        error=report.problems(),
+        verified_at=datetime.now(UTC) if report.ok else None,
+    )
+    return report
+
+
+def _new_status(report: VerifyReport, previous: str) -> str:
+    if not report.copies:
+        return "FAILED"
+    if report.ok:
+        return "VERIFIED"
+    if any(c.ok for c in report.copies):
+        return "PARTIAL"
+    if any(c.status in ("CORRUPT", "MISSING") for c in report.copies):
+        return "FAILED"
+    return previous  # only unreachable: no evidence either way
