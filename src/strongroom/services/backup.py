@@ -11,17 +11,25 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from strongroom import __version__
 from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core import postgres
+from strongroom.core.locking import database_lock, is_locked
 from strongroom.core.manifest import Manifest, manifest_key_for, object_key_for
 from strongroom.core.pipeline import LocationOutcome, StreamResult, settle, stream_to_locations
 from strongroom.core.storage.base import Location, ObjectWriter
-from strongroom.errors import ConfigError, LocationUnavailable, StorageError, StrongroomError
+from strongroom.errors import (
+    ConfigError,
+    LocationUnavailable,
+    LockBusy,
+    StorageError,
+    StrongroomError,
+)
+from strongroom.services.notify import notify_problem
 from strongroom.services.runtime import Runtime
 
 log = logging.getLogger("strongroom.backup")
@@ -60,13 +68,45 @@ def run_full_backup(
         created_by_id=created_by_id,
     )
     try:
-        return _BackupRun(runtime, target, record.id, progress).run()
-    except StrongroomError as exc:
-        store.finish_backup(record.id, status="FAILED", error=str(exc))
-        raise
+        with database_lock(target):
+            _fail_dead_runs(target.dbname, record.id)
+            store.mark_running(record.id)
+            report = _BackupRun(runtime, target, record.id, progress).run()
+    except LockBusy as exc:
+        store.finish_backup(record.id, status="SKIPPED", error=str(exc))
+        return BackupReport(record.id, "SKIPPED", str(exc))
     except BaseException as exc:
-        store.finish_backup(record.id, status="FAILED", error=f"{type(exc).__name__}: {exc}")
+        reason = str(exc) if isinstance(exc, StrongroomError) else f"{type(exc).__name__}: {exc}"
+        store.finish_backup(record.id, status="FAILED", error=reason)
+        notify_problem(config, record.id, "FAILED", reason)
         raise
+    if report.status != "COMPLETED":
+        notify_problem(config, report.id, report.status, report.error)
+    return report
+
+
+def reap_dead_runs(config: Config) -> list[str]:
+    """Mark runs FAILED whose worker died: IN_PROGRESS while nobody holds the database's lock.
+
+    Runs that never reached the lock are judged by their heartbeat (older than an hour).
+    """
+    target = postgres.ConnInfo.parse(config.database_url)
+    reaped = store.fail_stale(older_than=timedelta(hours=1), reason=_STALE_REASON)
+    if store.running_backups(target.dbname) and not is_locked(target):
+        for backup_id in store.running_backups(target.dbname):
+            store.mark_failed(backup_id, _DEAD_REASON + "; found by strongroom check")
+            reaped.append(backup_id)
+    return reaped
+
+
+_DEAD_REASON = "the run died before finishing (worker killed, out of memory or machine lost)"
+_STALE_REASON = "the run stopped reporting progress for over an hour and was given up"
+
+
+def _fail_dead_runs(database: str, current_id: str) -> None:
+    """We hold the database's lock, so any other run that had taken it is dead."""
+    for dead in store.running_backups(database, exclude=current_id):
+        store.mark_failed(dead, _DEAD_REASON + "; found by the next run")
 
 
 class _BackupRun:

@@ -14,6 +14,7 @@ from strongroom.config import Config
 from strongroom.core import postgres
 from strongroom.core.crypto import Keyring
 from strongroom.errors import BackupNotFound, StrongroomError
+from strongroom.services.backup import reap_dead_runs
 from strongroom.services.runtime import build_locations
 
 
@@ -88,7 +89,10 @@ def _location_probes(config: Config) -> list[Probe]:
 
 def _catalog_probes(config: Config, now: datetime) -> list[Probe]:
     probes = []
-    stale = store.fail_stale_runs(now=now)
+    try:
+        stale = reap_dead_runs(config)
+    except StrongroomError:
+        stale = []  # the database probe already says why it cannot be reached
     if stale:
         probes.append(
             Probe(
