@@ -36,6 +36,37 @@ class LocationSpec:
 
 
 @dataclass(frozen=True)
+class TaskSettings:
+    """How Celery runs the backup: schedule, queue, priority, retries and time limits.
+
+    ``priority`` is the seed's scale, where 10 is the highest (RabbitMQ's meaning, on a queue
+    declared with ``x-max-priority`` = ``max_priority``); :mod:`strongroom.schedule` translates
+    it for Redis, whose order is inverted. Time limits default to the pg_dump timeout plus a
+    margin, so pg_dump's own timeout fires (and is recorded) before Celery's.
+    """
+
+    schedule_hour: int = 2
+    schedule_minute: int = 0
+    queue: str = "backups"
+    priority: int = 10
+    max_priority: int = 10
+    max_retries: int = 3
+    retry_backoff: float = 60.0
+    retry_backoff_max: float = 1800.0
+    soft_time_limit: float = 3600.0 + 900.0
+    time_limit: float = 3600.0 + 900.0 + 300.0
+    verify_after: bool = True
+    max_deliveries: int = 3
+    broker_url: str | None = None
+
+
+#: Seconds between pg_dump's deadline and the task's soft limit: the upload, manifests and row
+#: counts finish in that time; between the soft and the hard limit the run records FAILED.
+SOFT_LIMIT_MARGIN = 900.0
+HARD_LIMIT_MARGIN = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a backup, verify or restore needs to know."""
 
@@ -54,6 +85,7 @@ class Config:
     webhook_url: str | None = None
     lock_timeout: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict)
+    tasks: TaskSettings = field(default_factory=TaskSettings)
 
     def location(self, name: str) -> LocationSpec:
         """The location called ``name``; a ``ConfigError`` lists the configured ones."""
@@ -189,6 +221,70 @@ def load_config(source: Mapping[str, Any]) -> Config:
         restore_jobs=_int(source, "BACKUP_RESTORE_JOBS", 2) or 2,
         stale_after_hours=_float(source, "BACKUP_MAX_AGE_HOURS", 26.0),
         webhook_url=_get(source, "BACKUP_NOTIFY_WEBHOOK_URL"),
+        tasks=load_task_settings(source),
+    )
+
+
+def _bool(source: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = _get(source, name)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _bounded(source: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = _int(source, name, default)
+    assert value is not None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def load_task_settings(source: Mapping[str, Any]) -> TaskSettings:
+    """The Celery side of the configuration, from the same names as everything else."""
+    dump_timeout = _float(source, "BACKUP_PG_DUMP_TIMEOUT", 3600.0)
+    soft = _float(source, "BACKUP_TASK_SOFT_TIME_LIMIT", dump_timeout + SOFT_LIMIT_MARGIN)
+    hard = _float(source, "BACKUP_TASK_TIME_LIMIT", soft + HARD_LIMIT_MARGIN)
+    if soft <= dump_timeout:
+        raise ConfigError(
+            f"BACKUP_TASK_SOFT_TIME_LIMIT ({soft:g} s) must exceed BACKUP_PG_DUMP_TIMEOUT "
+            f"({dump_timeout:g} s) so a slow dump is stopped and recorded by pg_dump's own timeout"
+        )
+    if hard <= soft:
+        raise ConfigError(
+            f"BACKUP_TASK_TIME_LIMIT ({hard:g} s) must exceed BACKUP_TASK_SOFT_TIME_LIMIT "
+            f"({soft:g} s)"
+        )
+    max_priority = _bounded(source, "BACKUP_QUEUE_MAX_PRIORITY", 10, 1, 255)
+    queue = str(_get(source, "BACKUP_QUEUE", "backups"))
+    backoff = _float(source, "BACKUP_TASK_RETRY_BACKOFF", 60.0)
+    backoff_max = _float(source, "BACKUP_TASK_RETRY_BACKOFF_MAX", 1800.0)
+    if backoff < 0 or backoff_max < backoff:
+        raise ConfigError(
+            "BACKUP_TASK_RETRY_BACKOFF must be >= 0 and BACKUP_TASK_RETRY_BACKOFF_MAX >= it"
+        )
+    broker = _get(source, "CELERY_BROKER_URL")
+    return TaskSettings(
+        schedule_hour=_bounded(source, "BACKUP_SCHEDULE_HOUR", 2, 0, 23),
+        schedule_minute=_bounded(source, "BACKUP_SCHEDULE_MINUTE", 0, 0, 59),
+        queue=queue,
+        priority=_bounded(source, "BACKUP_TASK_PRIORITY", 10, 0, max_priority),
+        max_priority=max_priority,
+        max_retries=_bounded(source, "BACKUP_TASK_MAX_RETRIES", 3, 0, 100),
+        retry_backoff=backoff,
+        retry_backoff_max=backoff_max,
+        soft_time_limit=soft,
+        time_limit=hard,
+        verify_after=_bool(source, "BACKUP_VERIFY_AFTER_BACKUP", True),
+        max_deliveries=_bounded(source, "BACKUP_TASK_MAX_DELIVERIES", 3, 1, 100),
+        broker_url=str(broker) if broker is not None else None,
     )
 
 

@@ -1,32 +1,251 @@
-"""Celery tasks. Thin: resolve configuration, call a service, return ids.
+"""Celery tasks. Thin: resolve configuration, call a service, decide about retries, return ids.
 
 ``daily_full_database_backup()`` can also be called directly (as in the seed's manual test), in
-which case it runs in-process and ``backup_job_id`` stays empty.
+which case it runs in-process, ``backup_job_id`` stays empty and nothing is retried or queued.
+
+Through a broker every strongroom task is ``acks_late`` and ``reject_on_worker_lost``: a worker
+that dies mid-backup (SIGKILL, OOM, machine lost) leaves its message to be delivered again, and
+the next delivery finds the dead run and records it FAILED. A backup job that keeps killing its
+workers is given up after ``BACKUP_TASK_MAX_DELIVERIES`` deliveries instead of looping. Transient
+failures (storage unreachable, connection reset) are retried with exponential backoff and jitter;
+configuration problems (missing key, missing BYPASSRLS) never are.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import time
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from strongroom.conf import current_config
+from strongroom.config import Config, TaskSettings
+from strongroom.schedule import (
+    BACKUP_TASK,
+    PING_TASK,
+    VERIFY_TASK,
+    intent_priority,
+    is_transient,
+    retry_countdown,
+    settings_for_app,
+    settings_source,
+    wire_priority,
+)
+from strongroom.services import notify
+
+log = logging.getLogger("strongroom.tasks")
+
+#: Statuses worth verifying: a SKIPPED or FAILED run has no copies to read.
+_VERIFIABLE = ("COMPLETED", "PARTIAL", "VERIFIED")
 
 
-@shared_task(bind=True, name="strongroom.tasks.daily_full_database_backup")
-def daily_full_database_backup(self: Any, created_by_id: int | None = None) -> str:
-    """Back up the whole database to every location; return the backup id."""
+class StrongroomTask(Task):  # type: ignore[type-arg]
+    """Base of strongroom's tasks: late acks, and priorities on the seed's scale (10 = highest).
+
+    ``priority`` given to ``apply_async`` (by beat's entry, ``.delay()`` or a retry) is
+    translated to the broker's wire value here, so Redis, whose order is inverted, also serves
+    the backup first. Publish with the task object, not ``app.send_task`` by name, to get this.
+    """
+
+    acks_late = True
+    reject_on_worker_lost = True
+
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> Any:
+        ts = settings_for_app(self.app)
+        intent = options.get("priority")
+        options["priority"] = wire_priority(
+            ts.priority if intent is None else int(intent), _broker_url(self), ts.max_priority
+        )
+        return super().apply_async(
+            args, kwargs, task_id, producer, link, link_error, shadow, **options
+        )
+
+    def signature_from_request(
+        self,
+        request: Any = None,
+        args: Any = None,
+        kwargs: Any = None,
+        queue: str | None = None,
+        **extra_options: Any,
+    ) -> Any:
+        """A retry re-publishes with the wire priority it arrived with: map it back first."""
+        sig = super().signature_from_request(request, args, kwargs, queue, **extra_options)
+        wire = sig.options.get("priority")
+        if wire is not None:
+            ts = settings_for_app(self.app)
+            sig.options["priority"] = intent_priority(wire, _broker_url(self), ts.max_priority)
+        return sig
+
+
+def _broker_url(task: Task) -> str | None:  # type: ignore[type-arg]
+    conf = task.app.conf
+    url = conf.broker_write_url or conf.broker_url
+    return str(url) if url else None
+
+
+@shared_task(bind=True, base=StrongroomTask, name=BACKUP_TASK)
+def daily_full_database_backup(
+    self: StrongroomTask, created_by_id: int | None = None, verify: bool | None = None
+) -> str:
+    """Back up the whole database to every location; return the backup id.
+
+    The Celery task id is recorded as the backup's ``backup_job_id``. A COMPLETED or PARTIAL
+    backup is followed by :func:`verify_backup` on the same queue (``verify=False`` or
+    ``BACKUP_VERIFY_AFTER_BACKUP=false`` to skip, e.g. when you chain it yourself).
+    """
     from strongroom.services.backup import run_full_backup
 
-    config = current_config()
-    job_id = getattr(self.request, "id", None) or ""
-    report = run_full_backup(config, job_id=job_id, created_by_id=created_by_id)
+    direct = bool(self.request.called_directly)
+    job_id = "" if direct else str(self.request.id or "")
+    with notify.deferred() as outbox:
+        config = _config_or_notify(outbox)
+        ts = config.tasks
+        if job_id:
+            _stop_redelivery_loop(config, job_id, ts, outbox)
+        try:
+            report = run_full_backup(config, job_id=job_id, created_by_id=created_by_id)
+        except Exception as exc:
+            if not outbox.items:  # failed before the service could record and notify
+                outbox.add(config, "", "FAILED", _reason(exc))
+            retries = int(self.request.retries or 0)
+            if direct or not is_transient(exc) or retries >= ts.max_retries:
+                outbox.note = _final_note(exc, retries, ts, direct)
+                raise
+            countdown = retry_countdown(retries, ts)
+            outbox.note = (
+                f"transient failure; retrying in {countdown:.0f} s "
+                f"(attempt {retries + 2} of {ts.max_retries + 1})"
+            )
+            raise self.retry(exc=exc, countdown=countdown, max_retries=ts.max_retries) from exc
+    log.info("backup %s (job %s): %s", report.id, job_id or "-", report.status)
+    wants_verify = ts.verify_after if verify is None else verify
+    if wants_verify and not direct and report.status in _VERIFIABLE:
+        verify_backup.apply_async((report.id,))
     return report.id
 
 
-@shared_task(name="strongroom.tasks.verify_backup")
-def verify_backup(backup_id: str | None = None) -> str:
-    """Re-read every copy of a backup (the newest when none is given); return its status."""
+@shared_task(bind=True, base=StrongroomTask, name=VERIFY_TASK)
+def verify_backup(self: StrongroomTask, backup_id: str | None = None) -> str:
+    """Re-read every copy of a backup (the newest when none is given); return its status.
+
+    A backup that was SKIPPED or FAILED has nothing to read and is left as it is. A backup
+    that fails verification notifies the operators like a failed backup does.
+    """
+    from strongroom.catalog import store
     from strongroom.services.verify import verify_backup as run_verify
 
-    return run_verify(current_config(), backup_id).status
+    with notify.deferred() as outbox:
+        config = _config_or_notify(outbox)
+        ts = config.tasks
+        try:
+            if backup_id:
+                status = store.get_backup(backup_id).status
+                if status not in _VERIFIABLE:
+                    log.info("backup %s is %s: nothing to verify", backup_id, status)
+                    return str(status)
+            report = run_verify(config, backup_id)
+        except Exception as exc:
+            retries = int(self.request.retries or 0)
+            direct = bool(self.request.called_directly)
+            outbox.add(config, backup_id or "", "VERIFY FAILED", _reason(exc))
+            if direct or not is_transient(exc) or retries >= ts.max_retries:
+                outbox.note = _final_note(exc, retries, ts, direct)
+                raise
+            countdown = retry_countdown(retries, ts)
+            outbox.note = f"transient failure; retrying verification in {countdown:.0f} s"
+            raise self.retry(exc=exc, countdown=countdown, max_retries=ts.max_retries) from exc
+        if not report.ok:
+            outbox.add(config, report.id, report.status, f"verification: {report.problems()}")
+    return str(report.status)
+
+
+@shared_task(bind=True, base=StrongroomTask, name=PING_TASK)
+def ping(self: StrongroomTask, tag: str = "") -> dict[str, Any]:
+    """Answer from the worker that took the message: proves a worker consumes the queue."""
+    return {
+        "tag": tag,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "time_ns": time.time_ns(),
+        "priority": (self.request.delivery_info or {}).get("priority"),
+    }
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _config_or_notify(outbox: notify.Outbox) -> Config:
+    """The configuration; a broken one is reported (to whatever can still be reached) and raised."""
+    try:
+        return current_config()
+    except Exception as exc:
+        outbox.add(_fallback_config(), "", "FAILED", f"configuration: {_reason(exc)}")
+        outbox.note = "not retried: fix the configuration"
+        raise
+
+
+def _fallback_config() -> Config:
+    """Just enough configuration to notify when the real one does not load."""
+    from django.conf import settings
+
+    source = settings_source(settings if settings.configured else None)
+    webhook = source.get("BACKUP_NOTIFY_WEBHOOK_URL") or None
+    return Config(
+        database_url=str(source.get("DATABASE_URL") or ""),
+        encryption_key=None,
+        old_encryption_keys=(),
+        locations=(),
+        webhook_url=str(webhook).strip() if webhook else None,
+    )
+
+
+def _stop_redelivery_loop(
+    config: Config, job_id: str, ts: TaskSettings, outbox: notify.Outbox
+) -> None:
+    """Refuse a job whose runs keep dying with their worker (each delivery left a dead run)."""
+    from celery.exceptions import Reject
+
+    from strongroom.catalog import store
+
+    dead = store.dead_runs_of_job(job_id) if hasattr(store, "dead_runs_of_job") else []
+    if len(dead) < ts.max_deliveries:
+        return
+    from strongroom.services.backup import reap_dead_runs
+
+    reap_dead_runs(config)
+    reason = (
+        f"backup job {job_id} died with its worker {len(dead)} times "
+        f"(BACKUP_TASK_MAX_DELIVERIES={ts.max_deliveries}); giving it up: "
+        "look for the OOM killer or time limits in the worker's logs"
+    )
+    outbox.add(config, dead[-1], "FAILED", reason)
+    raise Reject(reason, requeue=False)
+
+
+def _final_note(exc: BaseException, retries: int, ts: TaskSettings, direct: bool) -> str:
+    if direct:
+        return "run directly: not retried"
+    if not is_transient(exc):
+        return "not retried: this needs fixing, not waiting"
+    return f"not retried: gave up after {retries + 1} attempt(s)"
+
+
+def _reason(exc: BaseException) -> str:
+    from strongroom.errors import StrongroomError
+
+    if isinstance(exc, StrongroomError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
