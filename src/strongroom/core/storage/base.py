@@ -93,8 +93,14 @@ class Location(abc.ABC):
     def check(self) -> CheckResult:
         """Probe reachability and writability without exposing secrets."""
 
-    def cleanup_incomplete(self) -> int:
-        """Remove leftovers of uploads that died (partials, multipart parts); return the count."""
+    def cleanup_incomplete(self, prefix: str = "", initiated_before: datetime | None = None) -> int:
+        """Remove leftovers of uploads that died (partials, multipart parts); return the count.
+
+        Only keys under ``prefix`` and, when given, uploads started before ``initiated_before``
+        (timezone-aware) are touched, so a caller holding the lock for one database never
+        removes another process's live upload. Both arguments are optional: the old
+        no-argument call still means "everything".
+        """
         return 0
 
     def put_bytes(self, key: str, data: bytes) -> None:
