@@ -56,7 +56,6 @@ class TaskSettings:
     soft_time_limit: float = 3600.0 + 900.0
     time_limit: float = 3600.0 + 900.0 + 300.0
     verify_after: bool = True
-    max_deliveries: int = 3
     broker_url: str | None = None
 
 
@@ -283,7 +282,6 @@ def load_task_settings(source: Mapping[str, Any]) -> TaskSettings:
         soft_time_limit=soft,
         time_limit=hard,
         verify_after=_bool(source, "BACKUP_VERIFY_AFTER_BACKUP", True),
-        max_deliveries=_bounded(source, "BACKUP_TASK_MAX_DELIVERIES", 3, 1, 100),
         broker_url=str(broker) if broker is not None else None,
     )
 

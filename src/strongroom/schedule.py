@@ -187,12 +187,20 @@ def retry_countdown(retries: int, ts: TaskSettings, *, jitter: bool = True) -> f
 # -- Celery configuration --------------------------------------------------------------------
 
 
-def time_limits(ts: TaskSettings) -> dict[str, dict[str, float]]:
-    """Per-task soft/hard time limits (Celery ``task_annotations``)."""
-    return {
-        BACKUP_TASK: {"soft_time_limit": ts.soft_time_limit, "time_limit": ts.time_limit},
-        VERIFY_TASK: {"soft_time_limit": ts.soft_time_limit, "time_limit": ts.time_limit},
+def time_limits(ts: TaskSettings) -> dict[str, dict[str, float | int]]:
+    """Per-task time limits and retry budget (Celery ``task_annotations``).
+
+    ``max_retries`` and ``default_retry_delay`` also bound the retries Celery itself makes when a
+    worker process dies mid-task (``retry_on_worker_lost``), so a backup that keeps getting its
+    worker OOM-killed is given up instead of looping.
+    """
+    limits = {
+        "soft_time_limit": ts.soft_time_limit,
+        "time_limit": ts.time_limit,
+        "max_retries": ts.max_retries,
+        "default_retry_delay": ts.retry_backoff,
     }
+    return {BACKUP_TASK: dict(limits), VERIFY_TASK: dict(limits)}
 
 
 def celery_settings(ts: TaskSettings) -> dict[str, Any]:

@@ -3,12 +3,14 @@
 ``daily_full_database_backup()`` can also be called directly (as in the seed's manual test), in
 which case it runs in-process, ``backup_job_id`` stays empty and nothing is retried or queued.
 
-Through a broker every strongroom task is ``acks_late`` and ``reject_on_worker_lost``: a worker
-that dies mid-backup (SIGKILL, OOM, machine lost) leaves its message to be delivered again, and
-the next delivery finds the dead run and records it FAILED. A backup job that keeps killing its
-workers is given up after ``BACKUP_TASK_MAX_DELIVERIES`` deliveries instead of looping. Transient
-failures (storage unreachable, connection reset) are retried with exponential backoff and jitter;
-configuration problems (missing key, missing BYPASSRLS) never are.
+Through a broker every strongroom task is ``acks_late``. A pool process that dies mid-backup
+(SIGKILL, the OOM killer) makes Celery retry the task (``retry_on_worker_lost``, within the same
+``BACKUP_TASK_MAX_RETRIES`` budget, so a backup that keeps killing its worker is given up); a
+whole worker that dies leaves its unacknowledged message to the broker, which delivers it again.
+Either way the next run takes the database's lock, finds the dead run, records it FAILED, and
+this task tells the operators. Transient failures (storage unreachable, connection reset) are
+retried with exponential backoff and jitter; configuration problems (missing key, missing
+BYPASSRLS) never are.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class StrongroomTask(Task):  # type: ignore[type-arg]
 
     acks_late = True
     reject_on_worker_lost = True
+    retry_on_worker_lost = True
 
     def apply_async(
         self,
@@ -113,11 +116,11 @@ def daily_full_database_backup(
     with notify.deferred() as outbox:
         config = _config_or_notify(outbox)
         ts = config.tasks
-        if job_id:
-            _stop_redelivery_loop(config, job_id, ts, outbox)
+        suspects = _running_runs(config)
         try:
             report = run_full_backup(config, job_id=job_id, created_by_id=created_by_id)
         except Exception as exc:
+            _report_dead_runs(config, suspects, outbox)
             if not outbox.items:  # failed before the service could record and notify
                 outbox.add(config, "", "FAILED", _reason(exc))
             retries = int(self.request.retries or 0)
@@ -130,6 +133,7 @@ def daily_full_database_backup(
                 f"(attempt {retries + 2} of {ts.max_retries + 1})"
             )
             raise self.retry(exc=exc, countdown=countdown, max_retries=ts.max_retries) from exc
+        _report_dead_runs(config, suspects, outbox)
     log.info("backup %s (job %s): %s", report.id, job_id or "-", report.status)
     wants_verify = ts.verify_after if verify is None else verify
     if wants_verify and not direct and report.status in _VERIFIABLE:
@@ -212,27 +216,31 @@ def _fallback_config() -> Config:
     )
 
 
-def _stop_redelivery_loop(
-    config: Config, job_id: str, ts: TaskSettings, outbox: notify.Outbox
-) -> None:
-    """Refuse a job whose runs keep dying with their worker (each delivery left a dead run)."""
-    from celery.exceptions import Reject
+def _running_runs(config: Config) -> list[str]:
+    """Runs of this database recorded as running before we start: some may be dead."""
+    try:
+        from strongroom.catalog import store
+        from strongroom.core.postgres import ConnInfo
 
-    from strongroom.catalog import store
+        return list(store.running_backups(ConnInfo.parse(config.database_url).dbname))
+    except Exception:
+        return []  # the run itself will report what is wrong
 
-    dead = store.dead_runs_of_job(job_id) if hasattr(store, "dead_runs_of_job") else []
-    if len(dead) < ts.max_deliveries:
+
+def _report_dead_runs(config: Config, suspects: list[str], outbox: notify.Outbox) -> None:
+    """Tell the operators about runs this run found dead (the service recorded them FAILED)."""
+    if not suspects:
         return
-    from strongroom.services.backup import reap_dead_runs
+    from strongroom.catalog import store
+    from strongroom.services.backup import _DEAD_REASON
 
-    reap_dead_runs(config)
-    reason = (
-        f"backup job {job_id} died with its worker {len(dead)} times "
-        f"(BACKUP_TASK_MAX_DELIVERIES={ts.max_deliveries}); giving it up: "
-        "look for the OOM killer or time limits in the worker's logs"
-    )
-    outbox.add(config, dead[-1], "FAILED", reason)
-    raise Reject(reason, requeue=False)
+    for backup_id in suspects:
+        try:
+            record = store.get_backup(backup_id)
+        except Exception:
+            continue
+        if record.status == "FAILED" and str(record.error).startswith(_DEAD_REASON):
+            outbox.add(config, backup_id, "FAILED", str(record.error))
 
 
 def _final_note(exc: BaseException, retries: int, ts: TaskSettings, direct: bool) -> str:

@@ -94,7 +94,12 @@ def test_time_limits_follow_the_pg_dump_timeout() -> None:
     ts = load_task_settings({"BACKUP_PG_DUMP_TIMEOUT": "600"})
     assert 600 < ts.soft_time_limit < ts.time_limit
     limits = schedule.time_limits(ts)[schedule.BACKUP_TASK]
-    assert limits == {"soft_time_limit": ts.soft_time_limit, "time_limit": ts.time_limit}
+    assert limits == {
+        "soft_time_limit": ts.soft_time_limit,
+        "time_limit": ts.time_limit,
+        "max_retries": ts.max_retries,  # also bounds Celery's retries of a lost worker
+        "default_retry_delay": ts.retry_backoff,
+    }
     default = load_task_settings({})
     assert default.soft_time_limit > 3600
     with pytest.raises(ConfigError, match="must exceed BACKUP_PG_DUMP_TIMEOUT"):
@@ -191,4 +196,6 @@ def test_tasks_are_late_acked_with_time_limits_from_the_settings() -> None:
         task = app.tasks[name]
         assert task.acks_late is True
         assert task.reject_on_worker_lost is True
+        assert task.retry_on_worker_lost is True
+        assert task.max_retries == ts.max_retries
         assert 120 < task.soft_time_limit == ts.soft_time_limit < task.time_limit == ts.time_limit
