@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from strongroom.errors import PostgresError
-from strongroom.sandbox import demo_data
+from strongroom.errors import PostgresError, StrongroomError
+from strongroom.sandbox import demo_data, pgcluster
 from strongroom.sandbox.demo_data import DemoDatabase, table_digests, url_as
 from strongroom.sandbox.pgcluster import PgCluster
 from strongroom.sandbox.ports import free_port
@@ -41,6 +42,16 @@ def test_cluster_runs_with_the_settings_backups_need(pg_cluster: PgCluster) -> N
     if os.geteuid() == 0:  # initdb refuses root: the server must run as the postgres OS user
         assert pg_cluster.data_dir.stat().st_uid != 0
         assert pg_cluster.execute("SHOW data_directory")[0][0] == str(pg_cluster.data_dir)
+
+
+def test_missing_server_binaries_say_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "15" / "bin").mkdir(parents=True)  # a client-only install: no initdb
+    monkeypatch.setattr(pgcluster, "VERSIONED_ROOT", tmp_path)
+    monkeypatch.setattr(pgcluster.shutil, "which", lambda name: None)
+    with pytest.raises(StrongroomError, match="apt-get install postgresql"):
+        PgCluster()
 
 
 def test_restart_keeps_the_data_and_the_port() -> None:
@@ -218,3 +229,85 @@ def test_redis_answers_ping(redis_server: RedisServer) -> None:
     client.set("strongroom-sandbox", "ok")
     assert client.get("strongroom-sandbox") == b"ok"
     client.delete("strongroom-sandbox")
+
+
+# -- the example Django project ---------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "example"
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+_SCHEMA_SQL = """
+SELECT 'column', c.relname, a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+       || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+       || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE c.relname = ANY(%(t)s) AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'index', tablename, indexdef FROM pg_indexes WHERE tablename = ANY(%(t)s)
+UNION ALL
+SELECT 'constraint', conrelid::regclass::text, pg_get_constraintdef(oid)
+FROM pg_constraint WHERE conrelid::regclass::text = ANY(%(t)s)
+UNION ALL
+SELECT 'policy', tablename, policyname || ' ' || qual FROM pg_policies WHERE tablename = ANY(%(t)s)
+UNION ALL
+SELECT 'table', relname, pg_get_userbyid(relowner) || ' ' || relrowsecurity || relforcerowsecurity
+FROM pg_class WHERE relname = ANY(%(t)s) AND relkind = 'r'
+ORDER BY 1, 2, 3
+"""
+
+
+def _schema(url: str) -> list[tuple[str, str, str]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(_SCHEMA_SQL, {"t": list(demo_data.TABLES)}).fetchall()
+
+
+def _manage(tmp_path: Path, database_url: str, password: str, *args: str) -> str:
+    """Run example/manage.py without the strongroom app (its models are not ours to test)."""
+    (tmp_path / "sandbox_test_settings.py").write_text(
+        "from config.settings import *  # noqa: F403\n"
+        "INSTALLED_APPS = [a for a in INSTALLED_APPS if a != 'strongroom']  # noqa: F405\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="sandbox_test_settings",
+        PYTHONPATH=os.pathsep.join([str(tmp_path), str(EXAMPLE), str(SRC)]),
+        DATABASE_URL=database_url,
+        PGPASSWORD=password,
+    )
+    argv = [sys.executable, str(EXAMPLE / "manage.py"), *args]
+    out = subprocess.run(
+        argv, cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_example_migrate_reproduces_the_demo_schema(
+    pg_cluster: PgCluster, demo_db: DemoDatabase, tmp_path: Path
+) -> None:
+    name = f"django_{uuid.uuid4().hex[:8]}"
+    pg_cluster.create_database(name, owner="shop_app")
+    try:
+        app_url = url_as(demo_db.app_url, user="shop_app", dbname=name)  # no password in it
+        _manage(tmp_path, app_url, demo_db.app_password, "migrate", "shop", "--noinput")
+        migrated = _schema(pg_cluster.url(name))
+        assert len(migrated) > 60  # columns, indexes, constraints, policies, owners
+        assert migrated == _schema(demo_db.admin_url)
+
+        # The generator writes through the migrated schema; the ORM sees one tenant at a time.
+        password_url = url_as(app_url, password=demo_db.app_password)
+        tenant = demo_data.populate(password_url, tenants=2, customers_per_tenant=7)[1]
+        script = (
+            "from shop.models import Customer, Tenant\n"
+            "from shop.tenancy import tenant_context\n"
+            "print(Customer.objects.count())\n"
+            f"with tenant_context('{tenant.id}'):\n"
+            "    print(Customer.objects.count(), Tenant.objects.get().slug)\n"
+        )
+        out = _manage(
+            tmp_path, app_url, demo_db.app_password, "shell", "--no-imports", "-c", script
+        )
+        assert out.split() == ["0", "7", tenant.slug]
+    finally:
+        pg_cluster.drop_database(name)

@@ -36,6 +36,8 @@ from strongroom.sandbox.ports import HOST, free_port
 SERVER_OS_USER = "postgres"
 SUPERUSER = "postgres"
 _NOT_FOUND = "PostgreSQL server binaries not found: apt-get install postgresql"
+#: Where Debian/Ubuntu install each major version (``<root>/<major>/bin``).
+VERSIONED_ROOT = Path("/usr/lib/postgresql")
 
 #: Fast and unsafe on purpose (the cluster is thrown away), but WAL-archiving capable.
 DEFAULT_SETTINGS: Mapping[str, str] = {
@@ -69,7 +71,7 @@ def find_server_bindir() -> str:
             )
             if out.returncode == 0 and out.stdout.strip():
                 candidates.append(Path(out.stdout.strip()))
-    versioned = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()]
+    versioned = [p for p in VERSIONED_ROOT.glob("*/bin") if p.parent.name.isdigit()]
     candidates += sorted(versioned, key=lambda p: int(p.parent.name), reverse=True)
     for bindir in candidates:
         if all(os.access(bindir / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres")):
