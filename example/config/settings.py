@@ -95,7 +95,7 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
 CELERY_TIMEZONE = TIME_ZONE  # the zone the seed's "02:00" is read in
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # priority, not arrival, decides what runs next
-CELERY_BEAT_SCHEDULE: dict[str, Any] = {}  # strongroom's entry is merged in config/celery.py
+CELERY_BEAT_SCHEDULE: dict[str, Any] = {}  # strongroom's entry is merged at the end
 
 # -- Backups (strongroom) ----------------------------------------------------------------------
 # Read from the environment only: the encryption key and the R2/B2 credentials never belong in
@@ -105,3 +105,9 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {}  # strongroom's entry is merged in con
 for _name, _value in os.environ.items():
     if _name.startswith(("BACKUP_", "STRONGROOM_", "R2_", "B2_")):
         globals()[_name] = _value
+
+# The seed's beat entry: daily_full_database_backup at 02:00 on `backups`, priority 10, with
+# BACKUP_SCHEDULE_HOUR/_MINUTE, BACKUP_QUEUE and BACKUP_TASK_PRIORITY (above) taken into account.
+from strongroom.schedule import beat_schedule  # noqa: E402
+
+CELERY_BEAT_SCHEDULE = {**beat_schedule(globals()), **CELERY_BEAT_SCHEDULE}
