@@ -331,3 +331,45 @@ def test_restore_latest_from_r2_with_no_catalog_at_all(
         )
     finally:
         pg_cluster.drop_database(target)
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def test_cli_prune_heal_and_catalog_rebuild(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from strongroom.interfaces.cli import main
+
+    first, newest = _backup(config), _backup(config)
+
+    assert main(["prune", "--dry-run", "--json"], config=config) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["dry_run"] is True and doc["deleted"] == []
+    assert {(d["backup_id"], d["location"], d["reason"]) for d in doc["decisions"]} == {
+        (b, loc, "WITHIN_RETENTION") for b in (first, newest) for loc in ("local", "r2", "b2")
+    }
+
+    assert main(["heal", "--all", "--json"], config=config) == 0
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "checked": 2, "repairs": []}
+
+    assert main(["catalog", "rebuild", "--from", "b2", "--json"], config=config) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and set(doc["backups"]) == {first, newest}
+
+    assert main(["heal", "no-such-backup"], config=config) == 2
+    assert "no-such-backup is not in the catalog" in capsys.readouterr().err
+
+    # the human forms
+    assert main(["prune", "--dry-run"], config=config) == 0
+    out = capsys.readouterr().out
+    assert f"keep    local    {first}  WITHIN_RETENTION" in out
+    assert "would delete 0 copies, kept 6" in out
+    assert main(["heal", first], config=config) == 0
+    assert "checked 1 backup(s): healed 0, failed 0" in capsys.readouterr().out
+    assert main(["catalog", "rebuild", "--from", "local"], config=config) == 0
+    assert "catalog rebuilt from local: 2 backup(s), 0 manifest(s) skipped" in (
+        capsys.readouterr().out
+    )

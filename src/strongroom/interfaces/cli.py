@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="throwaway PostgreSQL + S3 servers: backup, verify, restore")
     d.add_argument("--scale", type=int, default=1, help="demo data size multiplier")
     d.add_argument("--keep", action="store_true", help="leave the servers running at the end")
+    _retention_commands(sub)
     return p
 
 
@@ -100,6 +101,42 @@ def _which(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("id", nargs="?", help="backup id")
     g.add_argument("--latest", action="store_true", help="the newest restorable backup")
+
+
+def _retention_commands(sub: Any) -> None:
+    """``prune``, ``heal`` and ``catalog rebuild`` (retention, self-healing, disaster recovery)."""
+    pr = sub.add_parser("prune", help="delete copies past their location's retention")
+    _json(pr)
+    pr.add_argument(
+        "--dry-run", action="store_true", help="show every copy's keep/delete decision only"
+    )
+    pr.add_argument("--database", help="only this database's backups")
+
+    h = sub.add_parser("heal", help="re-create missing or corrupt copies from a verified copy")
+    _json(h)
+    g = h.add_mutually_exclusive_group(required=True)
+    g.add_argument("id", nargs="?", help="backup id")
+    g.add_argument("--all", action="store_true", help="every backup in the catalog")
+    h.add_argument(
+        "--deep", action="store_true", help="re-read every copy (default: check it exists)"
+    )
+
+    cat = sub.add_parser("catalog", help="catalog maintenance")
+    cat_sub = cat.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    rb = cat_sub.add_parser("rebuild", help="recreate the catalog from a location's manifests")
+    _json(rb)
+    rb.add_argument(
+        "--from",
+        dest="from_location",
+        required=True,
+        metavar="LOCATION",
+        help="read the manifests of this location (local, r2 or b2)",
+    )
+    rb.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="do not look for the same backups in the other configured locations",
+    )
 
 
 def main(argv: Sequence[str] | None = None, *, config: Config | None = None) -> int:
@@ -139,6 +176,9 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
         "restore": commands.restore,
         "check": commands.check,
         "setup-role": commands.setup_role,
+        "prune": commands.prune,
+        "heal": commands.heal,
+        "catalog": commands.catalog,
     }
     return handlers[args.command](args, config)
 

@@ -161,3 +161,104 @@ def setup_role(args: argparse.Namespace, config: Config) -> int:
         f"Point DATABASE_URL at it (password in PGPASSWORD or a passfile)."
     )
     return 0
+
+
+def prune(args: argparse.Namespace, config: Config) -> int:
+    from strongroom.services import prune as prune_service
+
+    report = prune_service.prune_backups(config, dry_run=args.dry_run, database=args.database)
+    if args.json:
+        emit_json(
+            {
+                "now": report.now,
+                "dry_run": report.dry_run,
+                "ok": report.ok,
+                "resumed": [vars(c) for c in report.resumed],
+                "deleted": [vars(c) for c in report.deleted],
+                "decisions": [
+                    {
+                        **vars(d.copy),
+                        "action": d.action.value,
+                        "reason": d.reason.value,
+                        "detail": d.detail,
+                    }
+                    for d in report.plan.decisions
+                ],
+            }
+        )
+    else:
+        for c in report.resumed:
+            render.out.print(f"{'ok  ' if c.ok else 'FAIL'} finished {c.location:<8} {c.backup_id}")
+        shown = report.plan.decisions if report.dry_run else report.plan.to_delete
+        for d in shown:
+            verb = d.action.value.lower() if report.dry_run else "deleted"
+            render.out.print(
+                f"{verb:<7} {d.copy.location:<8} {d.copy.backup_id}  {d.reason.value}: {d.detail}",
+                soft_wrap=True,
+            )
+        done = "would delete" if report.dry_run else "deleted"
+        count = len(report.deleted) - len(report.failures)
+        render.out.print(f"{done} {count} copies, kept {len(report.plan.to_keep)}")
+    if not report.ok:
+        render.err.print(f"strongroom: error: prune incomplete: {report.problems()}")
+        return 9
+    return 0
+
+
+def heal(args: argparse.Namespace, config: Config) -> int:
+    from strongroom.services import heal as heal_service
+
+    report = heal_service.heal_backups(config, None if args.all else args.id, deep=args.deep)
+    if args.json:
+        emit_json(
+            {
+                "ok": report.ok,
+                "checked": report.checked,
+                "repairs": [vars(r) for r in report.repairs],
+            }
+        )
+    else:
+        for r in report.repairs:
+            mark = "ok  " if r.ok else "FAIL"
+            render.out.print(f"{mark} {r.location:<8} {r.backup_id}  {r.detail}", soft_wrap=True)
+        render.out.print(
+            f"checked {report.checked} backup(s): healed {len(report.healed)}, "
+            f"failed {len(report.failures)}"
+        )
+    if not report.ok:
+        render.err.print(f"strongroom: error: heal incomplete: {report.problems()}")
+        return 10
+    return 0
+
+
+def catalog(args: argparse.Namespace, config: Config) -> int:
+    """``catalog rebuild --from LOCATION`` (the only catalog action so far)."""
+    from strongroom.services import rebuild as rebuild_service
+
+    report = rebuild_service.rebuild_catalog(
+        config, args.from_location, probe_others=not args.no_probe
+    )
+    if args.json:
+        emit_json(
+            {
+                "ok": report.ok,
+                "location": report.location,
+                "backups": report.copies,
+                "skipped": [vars(s) for s in report.skipped],
+                "unreachable": report.unreachable,
+            }
+        )
+    else:
+        for backup_id, copies in report.copies.items():
+            where = ", ".join(f"{n}={s}" for n, s in copies.items())
+            render.out.print(f"ok   {backup_id}  {where}")
+        for s in report.skipped:
+            render.out.print(f"SKIP {s.key}  {s.reason}", soft_wrap=True)
+        render.out.print(
+            f"catalog rebuilt from {report.location}: {len(report.backups)} backup(s), "
+            f"{len(report.skipped)} manifest(s) skipped"
+        )
+    if not report.ok:
+        render.err.print(f"strongroom: error: rebuild incomplete: {report.problems()}")
+        return 11
+    return 0

@@ -87,6 +87,8 @@ def heal_backups(
     The body of the scheduled ``heal_backups`` task and of ``strongroom heal [ID|--all]``.
     """
     runtime = Runtime.build(config)
+    if backup_id:
+        store.get_backup(backup_id)  # an unknown id is the operator's error: BackupNotFound
     ids = [backup_id] if backup_id else store.healable_backup_ids()
     pending = {(b, loc) for b, loc, _ in pending_deletions()}
     report = HealReport()
