@@ -120,9 +120,9 @@ def daily_full_database_backup(
         try:
             report = run_full_backup(config, job_id=job_id, created_by_id=created_by_id)
         except Exception as exc:
-            _report_dead_runs(config, suspects, outbox)
             if not outbox.items:  # failed before the service could record and notify
                 outbox.add(config, "", "FAILED", _reason(exc))
+            _report_dead_runs(config, suspects, outbox)
             retries = int(self.request.retries or 0)
             if direct or not is_transient(exc) or retries >= ts.max_retries:
                 outbox.note = _final_note(exc, retries, ts, direct)
@@ -164,7 +164,7 @@ def verify_backup(self: StrongroomTask, backup_id: str | None = None) -> str:
         except Exception as exc:
             retries = int(self.request.retries or 0)
             direct = bool(self.request.called_directly)
-            outbox.add(config, backup_id or "", "VERIFY FAILED", _reason(exc))
+            outbox.add(config, backup_id or "", "VERIFY_FAILED", f"verification: {_reason(exc)}")
             if direct or not is_transient(exc) or retries >= ts.max_retries:
                 outbox.note = _final_note(exc, retries, ts, direct)
                 raise
@@ -240,7 +240,8 @@ def _report_dead_runs(config: Config, suspects: list[str], outbox: notify.Outbox
         except Exception:
             continue
         if record.status == "FAILED" and str(record.error).startswith(_DEAD_REASON):
-            outbox.add(config, backup_id, "FAILED", str(record.error))
+            note = "recorded FAILED by the next run of this database"
+            outbox.add(config, backup_id, "FAILED", str(record.error), note=note)
 
 
 def _final_note(exc: BaseException, retries: int, ts: TaskSettings, direct: bool) -> str:

@@ -94,8 +94,12 @@ class Outbox:
     #: Added to every held notification when it is sent (e.g. "retrying in 60 s").
     note: str = ""
 
-    def add(self, config: Config, backup_id: str, status: str, reason: str) -> None:
-        self.items.append((config, build_notice(config, backup_id, status, reason)))
+    def add(
+        self, config: Config, backup_id: str, status: str, reason: str, *, note: str = ""
+    ) -> None:
+        notice = build_notice(config, backup_id, status, reason)
+        notice.note = _clean(note, _secrets(config))
+        self.items.append((config, notice))
 
     def flush(self) -> None:
         items, self.items = self.items, []
