@@ -1,0 +1,228 @@
+"""``strongroom demo``: the whole job on embedded defaults, with nothing configured.
+
+A throwaway PostgreSQL cluster holding the multi-tenant shop (RLS forced, tables owned by the
+application role), SeaweedFS standing in for Cloudflare R2 and Backblaze B2, a fresh key, a
+SQLite catalog and a temporary local location. It then does what an operator would: sees the
+application role refused by the RLS preflight, creates the backup role, backs up to all three
+locations, verifies every copy, restores into a new database and proves it equal, row for row.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from strongroom.config import load_config
+from strongroom.core import crypto, postgres
+from strongroom.errors import PreflightError, StrongroomError
+from strongroom.interfaces import render
+from strongroom.sandbox.demo_data import (
+    DemoDatabase,
+    create_demo_database,
+    table_digests,
+    url_as,
+)
+from strongroom.sandbox.pgcluster import PgCluster
+from strongroom.sandbox.seaweed import SeaweedServer
+
+BACKUP_ROLE = "strongroom_backup"
+SOURCE_DB = "shop"
+RESTORED_DB = "shop_restored"
+
+out = Console(highlight=False)
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured, for the summary (and for the tests that run the demo)."""
+
+    preflight_refused: str = ""
+    backup: dict[str, Any] = field(default_factory=dict)
+    verify: list[tuple[str, bool, str]] = field(default_factory=list)
+    restore_source: str = ""
+    restore_seconds: float = 0.0
+    tables: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    digests_equal: bool = False
+    differing: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.backup.get("status") == "VERIFIED"
+            and bool(self.verify)
+            and all(ok for _, ok, _ in self.verify)
+            and self.digests_equal
+        )
+
+
+def run_demo(scale: int = 1, keep: bool = False) -> int:
+    """Run the demo; exit 0 when the restored database equals the source, row for row."""
+    if scale < 1:
+        render.err.print("strongroom: error: --scale must be 1 or more")
+        return 2
+    base = Path(tempfile.mkdtemp(prefix="strongroom-demo-"))
+    try:
+        with ExitStack() as servers:
+            result = _run(base, scale, servers, keep)
+            if keep:
+                servers.pop_all()  # leave them running for the operator to explore
+    except StrongroomError as exc:
+        render.err.print(f"strongroom: error: demo failed: {exc}")
+        return exc.exit_code
+    finally:
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
+    _summary(result)
+    if keep:
+        out.print(
+            f"\nServers left running; settings in {base / 'strongroom.env'} (mode 0600): "
+            f"[bold]set -a; . {base / 'strongroom.env'}; set +a[/] then try "
+            "[bold]strongroom list[/]."
+        )
+    return 0 if result.ok else 1
+
+
+def _run(base: Path, scale: int, servers: ExitStack, keep: bool) -> DemoResult:
+    result = DemoResult()
+    with _step("Starting a throwaway PostgreSQL cluster"):
+        cluster = servers.enter_context(PgCluster(keep=keep))
+    with _step(f"Creating the multi-tenant shop (RLS forced), scale {scale}"):
+        demo = create_demo_database(
+            cluster.url(),
+            SOURCE_DB,
+            tenants=5,
+            customers_per_tenant=400 * scale,
+            items_per_tenant=600 * scale,
+            sales_per_tenant=2000 * scale,
+        )
+    with _step("Starting SeaweedFS as Cloudflare R2 and Backblaze B2"):
+        s3 = servers.enter_context(
+            SeaweedServer(base / "seaweed", buckets=("r2-backups", "b2-backups"))
+        )
+    result.preflight_refused = _preflight_as_app(demo)
+    settings = _settings(base, cluster, demo, s3)
+    config = load_config(settings)
+    _write_env(base / "strongroom.env", settings)
+
+    from strongroom.catalog import store
+    from strongroom.catalog.bootstrap import ensure_django
+    from strongroom.services.backup import run_full_backup
+    from strongroom.services.restore import restore_backup
+    from strongroom.services.verify import verify_backup
+
+    ensure_django(config.catalog_url)
+    with _step("Backing up to local + r2 + b2 (one pg_dump stream)"):
+        report = run_full_backup(config)
+    with _step("Verifying every copy (SHA-256 + authentication)"):
+        checked = verify_backup(config, report.id)
+        result.verify = [(c.location, c.ok, c.detail) for c in checked.copies]
+    result.backup = store.backup_to_dict(store.get_backup(report.id))
+    with _step("Restoring into a new database (pg_restore -j 2)"):
+        restored = restore_backup(config, report.id, cluster.url(RESTORED_DB), jobs=2)
+        result.restore_source = restored.source
+        result.restore_seconds = restored.seconds
+        result.tables = restored.table_rows
+    with _step("Comparing every table's rows with the source"):
+        source = table_digests(demo.admin_url)
+        copy = table_digests(cluster.url(RESTORED_DB))
+        result.differing = sorted(
+            t for t in source.keys() | copy.keys() if source.get(t) != copy.get(t)
+        )
+        result.digests_equal = not result.differing
+    return result
+
+
+def _preflight_as_app(demo: DemoDatabase) -> str:
+    """The seed's failure, reproduced: the application role cannot dump RLS-forced tables."""
+    with _step("Preflight as the application role (expected to be refused)"):
+        try:
+            postgres.preflight(postgres.ConnInfo.parse(demo.app_url))
+        except PreflightError as exc:
+            return str(exc)
+    return ""
+
+
+def _settings(
+    base: Path, cluster: PgCluster, demo: DemoDatabase, s3: SeaweedServer
+) -> dict[str, str]:
+    """The environment an operator would set, with a dedicated BYPASSRLS role."""
+    password = secrets.token_urlsafe(18)
+    with _step(f"Creating the backup role {BACKUP_ROLE} (BYPASSRLS, read-only)"):
+        postgres.apply_setup_role(postgres.ConnInfo.parse(demo.admin_url), BACKUP_ROLE, password)
+    local = base / "local-backups"
+    local.mkdir()
+    return {
+        "DATABASE_URL": url_as(demo.admin_url, user=BACKUP_ROLE, password=password),
+        "BACKUP_ENCRYPTION_KEY": crypto.generate_key(),
+        "BACKUP_LOCAL_PATH": str(local),
+        "STRONGROOM_LOCATIONS": "local,r2,b2",
+        "STRONGROOM_CATALOG_URL": f"sqlite:///{base / 'catalog.sqlite3'}",
+        **s3.settings("r2", "r2-backups"),
+        **s3.settings("b2", "b2-backups"),
+    }
+
+
+def _write_env(path: Path, settings: dict[str, str]) -> None:
+    """Settings for ``--keep``, readable by the owner only (they hold the key and passwords)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        for name, value in settings.items():
+            fh.write(f"{name}='{value}'\n")
+
+
+@contextmanager
+def _step(title: str) -> Iterator[None]:
+    began = time.monotonic()
+    with out.status(title):
+        yield
+    out.print(f"[green]✓[/] {title} [dim]({time.monotonic() - began:.1f}s)[/]")
+
+
+def _summary(result: DemoResult) -> None:
+    b = result.backup
+    out.print()
+    if result.preflight_refused:
+        first = result.preflight_refused.split(". ")[0]
+        out.print(f"[yellow]Application role refused, as expected:[/] {first}.", soft_wrap=True)
+    out.print(
+        f"[bold]Backup {b.get('id')}[/]: {b.get('status')}, "
+        f"{render.size(b.get('raw_size_bytes'))} dumped → {render.size(b.get('size_bytes'))} "
+        f"stored ({float(b.get('compression_ratio') or 0) * 100:.0f}% saved) "
+        f"in {float(b.get('backup_duration_seconds') or 0):.1f}s"
+    )
+    checks = {location: (ok, detail) for location, ok, detail in result.verify}
+    copies = Table("location", "object", "stored", "upload", "verify")
+    order = ["local", "r2", "b2"]
+    for copy in sorted(b.get("copies", []), key=lambda c: order.index(c["location"])):
+        ok, detail = checks.get(copy["location"], (False, "not checked"))
+        copies.add_row(
+            copy["location"],
+            copy["key"],
+            render.size(copy["size_bytes"]),
+            f"{float(copy['duration_seconds'] or 0):.1f}s",
+            ("[green]ok[/] " if ok else "[red]FAIL[/] ") + detail,
+        )
+    out.print(copies)
+    rows = Table("table", "rows in backup", "rows restored", "digest")
+    for table, (expected, actual) in sorted(result.tables.items()):
+        same = table not in result.differing
+        rows.add_row(
+            table, str(expected), str(actual), "[green]equal[/]" if same else "[red]DIFFERENT[/]"
+        )
+    out.print(rows)
+    verdict = "[green]PASS[/]" if result.ok else "[red]FAIL[/]"
+    out.print(
+        f"Restored from {result.restore_source} in {result.restore_seconds:.1f}s; "
+        f"every table equal to the source: {'yes' if result.digests_equal else 'NO'}. {verdict}"
+    )
