@@ -18,8 +18,9 @@ from strongroom import __version__
 from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core import postgres
+from strongroom.core.crypto import CIPHER_NAME
 from strongroom.core.locking import database_lock, is_locked
-from strongroom.core.manifest import Manifest, manifest_key_for, object_key_for
+from strongroom.core.manifest import Manifest, database_prefix, manifest_key_for, object_key_for
 from strongroom.core.pipeline import LocationOutcome, StreamResult, settle, stream_to_locations
 from strongroom.core.storage.base import Location, ObjectWriter
 from strongroom.errors import (
@@ -172,7 +173,7 @@ class _BackupRun:
         """Abort uploads that a dead earlier run left behind (we hold the only live one)."""
         for loc in self.rt.locations:
             try:
-                removed = loc.cleanup_incomplete(self.target.dbname, self.started)
+                removed = loc.cleanup_incomplete(database_prefix(self.target.dbname), self.started)
             except StrongroomError as exc:
                 log.warning("cleanup of %s skipped: %s", loc.name, exc)
                 continue
@@ -223,7 +224,7 @@ class _BackupRun:
             sha256=result.sha256,
             codec=self.rt.codec.name,
             codec_level=self.rt.codec.level,
-            cipher="AES256_GCM_HKDF_1MB",
+            cipher=CIPHER_NAME,
             key_id=self.rt.keyring.primary_id,
             object_key=self.key,
             table_rows=counts,
@@ -324,7 +325,7 @@ class _BackupRun:
     def _metadata(self, manifest: Manifest, dump_log: str) -> dict[str, Any]:
         lines = dump_log.splitlines()
         return {
-            "manifest": manifest.to_dict() if hasattr(manifest, "to_dict") else {},
+            "manifest": manifest.to_dict(),
             "pg_dump_log": "\n".join(lines[-_LOG_TAIL:]),
             "codec": manifest.codec,
             "codec_level": manifest.codec_level,

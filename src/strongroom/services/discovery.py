@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from strongroom.catalog import store
-from strongroom.core.manifest import Manifest
+from strongroom.core.manifest import Manifest, database_prefix
 from strongroom.core.postgres import ConnInfo
 from strongroom.core.storage.base import Location
 from strongroom.errors import BackupNotFound, ConfigError, StrongroomError
@@ -72,7 +72,7 @@ def _from_catalog(backup_id: str | None, locations: list[Location]) -> list[Copy
 def scan_manifests(location: Location, database: str | None = None) -> list[tuple[str, Manifest]]:
     """Every manifest in a location (unverified; authenticate before trusting), oldest first."""
     found = []
-    prefix = f"{database}/" if database else ""
+    prefix = database_prefix(database) if database else ""
     for info in location.list(prefix):
         if not info.key.endswith(MANIFEST_SUFFIX):
             continue
