@@ -828,3 +828,19 @@ def test_an_unreachable_webhook_is_logged_and_never_breaks_the_backup(
     assert time.monotonic() - started < 30
     assert f"could not notify http://127.0.0.1:{port}" in caplog.text
     assert "T0KEN" not in caplog.text
+
+
+def test_called_directly_as_in_the_seeds_manual_test_it_backs_up_in_process(
+    backup_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``daily_full_database_backup()`` with no broker: runs here, returns the id, no job id."""
+    from strongroom.tasks import daily_full_database_backup
+
+    for name, value in backup_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("CELERY_BROKER_URL")  # nothing may be queued (no verify, no retry)
+    backup_id = daily_full_database_backup()
+    backup = _store().get_backup(backup_id)
+    assert backup.status == "COMPLETED"
+    assert backup.backup_job_id == ""
+    assert backup.get_size_mb() >= 0
