@@ -57,6 +57,9 @@ class TaskSettings:
     time_limit: float = 3600.0 + 900.0 + 300.0
     verify_after: bool = True
     broker_url: str | None = None
+    #: Hours (UTC) of the daily prune and heal runs; ``None`` leaves them out of the schedule.
+    prune_hour: int | None = 4
+    heal_hour: int | None = 5
 
 
 #: Seconds between pg_dump's deadline and the task's soft limit: the upload, manifests and row
@@ -283,7 +286,17 @@ def load_task_settings(source: Mapping[str, Any]) -> TaskSettings:
         time_limit=hard,
         verify_after=_bool(source, "BACKUP_VERIFY_AFTER_BACKUP", True),
         broker_url=str(broker) if broker is not None else None,
+        prune_hour=_hour_or_off(source, "BACKUP_PRUNE_HOUR", 4),
+        heal_hour=_hour_or_off(source, "BACKUP_HEAL_HOUR", 5),
     )
+
+
+def _hour_or_off(source: Mapping[str, Any], name: str, default: int) -> int | None:
+    """An hour 0-23, or ``off`` to leave a maintenance task out of the beat schedule."""
+    value = _get(source, name)
+    if isinstance(value, str) and value.strip().lower() in ("off", "none", "false", ""):
+        return None
+    return _bounded(source, name, default, 0, 23)
 
 
 def config_from_env() -> Config:

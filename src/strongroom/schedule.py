@@ -33,9 +33,15 @@ from strongroom.errors import StrongroomError
 BACKUP_TASK = "strongroom.tasks.daily_full_database_backup"
 VERIFY_TASK = "strongroom.tasks.verify_backup"
 PING_TASK = "strongroom.tasks.ping"
-TASK_NAMES = (BACKUP_TASK, VERIFY_TASK, PING_TASK)
+PRUNE_TASK = "strongroom.tasks.prune_backups"
+HEAL_TASK = "strongroom.tasks.heal_backups"
+TASK_NAMES = (BACKUP_TASK, VERIFY_TASK, PING_TASK, PRUNE_TASK, HEAL_TASK)
 #: The seed's name for the beat entry.
 ENTRY_NAME = "daily-full-database-backup"
+PRUNE_ENTRY = "daily-prune-backups"
+HEAL_ENTRY = "daily-heal-backups"
+#: Maintenance runs below backups: a prune or heal queued at 02:00 never delays the dump.
+MAINTENANCE_PRIORITY = 3
 
 #: Redis transport: its priority range, delivered lowest number first.
 REDIS_MIN_PRIORITY = 0
@@ -140,19 +146,33 @@ def task_routes(ts: TaskSettings) -> dict[str, dict[str, Any]]:
 def beat_schedule(
     settings: SettingsLike = None, env: Mapping[str, str] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """The seed's beat entry, ready to merge into ``CELERY_BEAT_SCHEDULE``/``beat_schedule``.
+    """The seed's beat entry and the daily maintenance, ready to merge into the beat schedule.
 
-    Defaults: ``crontab(hour=2, minute=0)``, queue ``backups``, priority 10 (seed scale; the
-    task translates it for Redis when it is published).
+    Defaults: the backup at ``crontab(hour=2, minute=0)``, queue ``backups``, priority 10 (seed
+    scale; the task translates it for Redis when it is published); prune at 04:00 and heal at
+    05:00 on the same queue at a lower priority (``BACKUP_PRUNE_HOUR``/``BACKUP_HEAL_HOUR``,
+    ``off`` to leave one out).
     """
     ts = task_settings(settings, env)
-    return {
+    entries: dict[str, dict[str, Any]] = {
         ENTRY_NAME: {
             "task": BACKUP_TASK,
             "schedule": crontab(hour=ts.schedule_hour, minute=ts.schedule_minute),
             "options": publish_options(ts),
         }
     }
+    maintenance = {"queue": ts.queue, "priority": min(MAINTENANCE_PRIORITY, ts.max_priority)}
+    for name, task, hour in (
+        (PRUNE_ENTRY, PRUNE_TASK, ts.prune_hour),
+        (HEAL_ENTRY, HEAL_TASK, ts.heal_hour),
+    ):
+        if hour is not None:
+            entries[name] = {
+                "task": task,
+                "schedule": crontab(hour=hour, minute=ts.schedule_minute),
+                "options": dict(maintenance),
+            }
+    return entries
 
 
 # -- retries ---------------------------------------------------------------------------------
@@ -200,7 +220,7 @@ def time_limits(ts: TaskSettings) -> dict[str, dict[str, float | int]]:
         "max_retries": ts.max_retries,
         "default_retry_delay": ts.retry_backoff,
     }
-    return {BACKUP_TASK: dict(limits), VERIFY_TASK: dict(limits)}
+    return {name: dict(limits) for name in (BACKUP_TASK, VERIFY_TASK, PRUNE_TASK, HEAL_TASK)}
 
 
 def celery_settings(ts: TaskSettings) -> dict[str, Any]:

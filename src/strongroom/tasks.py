@@ -27,7 +27,9 @@ from strongroom.conf import current_config
 from strongroom.config import Config, TaskSettings
 from strongroom.schedule import (
     BACKUP_TASK,
+    HEAL_TASK,
     PING_TASK,
+    PRUNE_TASK,
     VERIFY_TASK,
     intent_priority,
     is_transient,
@@ -174,6 +176,51 @@ def verify_backup(self: StrongroomTask, backup_id: str | None = None) -> str:
         if not report.ok:
             outbox.add(config, report.id, report.status, f"verification: {report.problems()}")
     return str(report.status)
+
+
+@shared_task(bind=True, base=StrongroomTask, name=PRUNE_TASK)
+def prune_backups(self: StrongroomTask, dry_run: bool = False) -> dict[str, Any]:
+    """Apply the retention policy in every location (daily); return what was deleted.
+
+    Interrupted deletions of an earlier run are finished first. Copies that could not be
+    deleted are reported to the operators; the next run tries them again.
+    """
+    from strongroom.services.prune import prune_backups as run_prune
+
+    with notify.deferred() as outbox:
+        config = _config_or_notify(outbox)
+        report = run_prune(config, dry_run=dry_run)
+        if not report.ok:
+            outbox.add(config, "", "PRUNE_FAILED", f"prune: {report.problems()}")
+            outbox.note = "the next prune retries the copies it could not delete"
+    return {
+        "ok": report.ok,
+        "dry_run": report.dry_run,
+        "deleted": [f"{c.location}:{c.backup_id}" for c in report.deleted if c.ok],
+        "kept": len(report.plan.to_keep),
+    }
+
+
+@shared_task(bind=True, base=StrongroomTask, name=HEAL_TASK)
+def heal_backups(self: StrongroomTask, deep: bool = False) -> dict[str, Any]:
+    """Re-create missing (``deep``: also corrupt) copies from a verified copy elsewhere.
+
+    No re-dump: a copy that cannot be healed (no good copy left anywhere) is reported.
+    """
+    from strongroom.services.heal import heal_backups as run_heal
+
+    with notify.deferred() as outbox:
+        config = _config_or_notify(outbox)
+        report = run_heal(config, None, deep=deep)
+        if not report.ok:
+            outbox.add(config, "", "HEAL_FAILED", f"heal: {report.problems()}")
+            outbox.note = "copies that cannot be healed need a new backup or an operator"
+    return {
+        "ok": report.ok,
+        "checked": report.checked,
+        "healed": [f"{r.location}:{r.backup_id}" for r in report.healed],
+        "failed": [f"{r.location}:{r.backup_id}" for r in report.failures],
+    }
 
 
 @shared_task(bind=True, base=StrongroomTask, name=PING_TASK)

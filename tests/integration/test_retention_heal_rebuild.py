@@ -373,3 +373,33 @@ def test_cli_prune_heal_and_catalog_rebuild(
     assert "catalog rebuilt from local: 2 backup(s), 0 manifest(s) skipped" in (
         capsys.readouterr().out
     )
+
+
+# -- scheduled tasks ---------------------------------------------------------------------------
+
+
+def test_the_daily_heal_and_prune_tasks_run_the_services_with_the_environments_settings(
+    config: Config,
+    settings: dict[str, str],
+    seaweed: SeaweedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What beat runs at 04:00 and 05:00, called as a worker would run its body."""
+    from strongroom.catalog import store
+    from strongroom.tasks import heal_backups, prune_backups
+
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    backup_id = _backup(config)
+    row = store.get_copy(backup_id, "b2")
+    seaweed.client().delete_object(Bucket="b2-backups", Key=f"{settings['B2_PREFIX']}/{row.key}")
+
+    healed = heal_backups()
+    assert healed["ok"] is True
+    assert healed["healed"] == [f"b2:{backup_id}"]
+    assert backup_id in _ids_in(config, "b2")
+
+    pruned = prune_backups()  # nothing is past retention: everything is kept
+    assert pruned == {"ok": True, "dry_run": False, "deleted": [], "kept": 3}
+    assert all(backup_id in _ids_in(config, n) for n in ("local", "r2", "b2"))

@@ -25,11 +25,35 @@ NO_ENV: dict[str, str] = {}
 
 def test_default_beat_entry_is_the_seeds() -> None:
     entries = schedule.beat_schedule({}, env=NO_ENV)
-    assert list(entries) == ["daily-full-database-backup"]
+    assert list(entries) == [
+        "daily-full-database-backup",
+        "daily-prune-backups",
+        "daily-heal-backups",
+    ]
     entry = entries["daily-full-database-backup"]
     assert entry["task"] == "strongroom.tasks.daily_full_database_backup"
     assert entry["schedule"] == crontab(hour=2, minute=0)
     assert entry["options"] == {"queue": "backups", "priority": 10}
+
+
+def test_prune_and_heal_run_daily_after_the_backup_below_its_priority() -> None:
+    entries = schedule.beat_schedule({}, env=NO_ENV)
+    prune, heal = entries["daily-prune-backups"], entries["daily-heal-backups"]
+    assert prune["task"] == "strongroom.tasks.prune_backups"
+    assert prune["schedule"] == crontab(hour=4, minute=0)
+    assert heal["task"] == "strongroom.tasks.heal_backups"
+    assert heal["schedule"] == crontab(hour=5, minute=0)
+    for entry in (prune, heal):
+        assert entry["options"]["queue"] == "backups"
+        assert entry["options"]["priority"] < 10
+
+
+def test_maintenance_hours_are_settings_and_can_be_switched_off() -> None:
+    entries = schedule.beat_schedule({"BACKUP_PRUNE_HOUR": "off", "BACKUP_HEAL_HOUR": 23}, NO_ENV)
+    assert "daily-prune-backups" not in entries
+    assert entries["daily-heal-backups"]["schedule"] == crontab(hour=23, minute=0)
+    with pytest.raises(ConfigError, match="BACKUP_PRUNE_HOUR"):
+        schedule.beat_schedule({"BACKUP_PRUNE_HOUR": "25"}, env=NO_ENV)
 
 
 def test_beat_entry_follows_settings_objects_mappings_and_env() -> None:
