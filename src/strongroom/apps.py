@@ -10,3 +10,6 @@ class StrongroomConfig(AppConfig):
     label = "strongroom"
     verbose_name = "Strongroom backups"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from strongroom import checks  # noqa: F401  (registers the system checks)
