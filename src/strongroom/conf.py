@@ -25,6 +25,7 @@ SETTING_NAMES = (
     "BACKUP_PG_DUMP_TIMEOUT",
     "BACKUP_PG_BINDIR",
     "BACKUP_RESTORE_JOBS",
+    "BACKUP_RESTORE_SCRATCH_DIR",
     "BACKUP_MAX_AGE_HOURS",
     "BACKUP_NOTIFY_WEBHOOK_URL",
     # Celery: schedule, queue, priority, retries, time limits (strongroom.schedule)

@@ -83,6 +83,8 @@ class Config:
     pg_bindir: str | None = None
     catalog_url: str | None = None
     restore_jobs: int = 2
+    #: Where restore keeps the verified archive for pg_restore -j (default: the system temp dir).
+    restore_scratch_dir: str | None = None
     stale_after_hours: float = 26.0
     webhook_url: str | None = None
     lock_timeout: float = 0.0
@@ -221,6 +223,7 @@ def load_config(source: Mapping[str, Any]) -> Config:
         pg_bindir=_get(source, "BACKUP_PG_BINDIR"),
         catalog_url=_get(source, "STRONGROOM_CATALOG_URL"),
         restore_jobs=_int(source, "BACKUP_RESTORE_JOBS", 2) or 2,
+        restore_scratch_dir=_get(source, "BACKUP_RESTORE_SCRATCH_DIR") or None,
         stale_after_hours=_float(source, "BACKUP_MAX_AGE_HOURS", 26.0),
         webhook_url=_get(source, "BACKUP_NOTIFY_WEBHOOK_URL"),
         tasks=load_task_settings(source),

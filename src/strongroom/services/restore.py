@@ -68,10 +68,16 @@ def restore_backup(
     copies = find_copies(runtime, backup_id, from_location)
     jobs = jobs or config.restore_jobs
     started = time.monotonic()
-    scratch = Path(tempfile.mkdtemp(prefix="strongroom-restore-", dir=scratch_dir))
+    scratch = _scratch(scratch_dir or config.restore_scratch_dir)
     try:
         archive = scratch / "archive.dump"
-        copy, manifest, skipped = _fetch_first_intact(runtime, copies, archive, progress)
+        try:
+            copy, manifest, skipped = _fetch_first_intact(runtime, copies, archive, progress)
+        except OSError as exc:
+            raise RestoreError(
+                f"cannot write the verified archive to {scratch}: {exc.strerror or exc}; point "
+                "BACKUP_RESTORE_SCRATCH_DIR at a disk with room for the uncompressed dump"
+            ) from None
         postgres.prepare_target(target, replace=replace)
         postgres.run_restore(archive, target, jobs=jobs, bindir=config.pg_bindir)
     finally:
@@ -88,6 +94,17 @@ def restore_backup(
     for table, expected in sorted(manifest.table_rows.items()):
         report.table_rows[table] = (expected, actual.get(table))
     return report
+
+
+def _scratch(parent: str | None) -> Path:
+    """A private (0700) directory for the archive; a bad parent is one clear line."""
+    try:
+        return Path(tempfile.mkdtemp(prefix="strongroom-restore-", dir=parent))
+    except OSError as exc:
+        raise RestoreError(
+            f"cannot create a scratch directory in {parent or tempfile.gettempdir()}: "
+            f"{exc.strerror or exc}; set BACKUP_RESTORE_SCRATCH_DIR to a writable directory"
+        ) from None
 
 
 def _fetch_first_intact(
