@@ -154,6 +154,15 @@ def main(argv: Sequence[str] | None = None, *, config: Config | None = None) -> 
     except KeyboardInterrupt:
         print("strongroom: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an untranslated failure: still one line, no traceback
+        if args.verbose:
+            log.exception("unexpected failure")
+        print(
+            f"strongroom: error: unexpected {type(exc).__name__}: {exc} "
+            "(run with -v for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
