@@ -18,8 +18,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+#: Lines are never wrapped at the console width, so piped output and logs keep one line each.
+out = Console(highlight=False, soft_wrap=True)
+#: Error lines are plain text: a reason may hold brackets that are not markup.
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
 def size(n: int | None) -> str:
