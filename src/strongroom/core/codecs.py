@@ -26,6 +26,10 @@ from strongroom.errors import ConfigError, IntegrityError
 
 DEFAULT_CODEC = "zstd"
 _READ_SIZE = 1 << 17
+#: Input per multi-threaded zstd job. zstd's default (4 windows: 8 MiB at level 3) keeps
+#: several jobs' input and output buffers in flight per worker, about 60 MiB with two workers;
+#: 2 MiB jobs hold about 18 MiB for 1% more output and no measurable loss of speed.
+ZSTD_JOB_SIZE = 2 << 20
 
 
 class _Compressor(Protocol):
@@ -269,9 +273,11 @@ class Codec:
     def compress_writer(self, downstream: Writer) -> CompressWriter:
         """Push stage; ``close()`` finishes the stream and closes ``downstream``."""
         if self.name == "zstd":
-            cctx = zstandard.ZstdCompressor(
-                level=self.level, threads=self.threads, write_checksum=True
-            )
+            options: dict[str, int] = {"threads": self.threads, "write_checksum": 1}
+            if self.threads != 0:
+                options["job_size"] = ZSTD_JOB_SIZE
+            params = zstandard.ZstdCompressionParameters.from_level(self.level, **options)
+            cctx = zstandard.ZstdCompressor(compression_params=params)
             return CompressWriter(cctx.compressobj(), downstream)
         if self.name == "gzip":
             return CompressWriter(zlib.compressobj(self.level, wbits=31), downstream)
