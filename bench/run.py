@@ -63,16 +63,18 @@ NOTES_MARKER = "<!-- notes below this line are kept when the benchmark rewrites 
 RATIO_TARGETS: dict[str, tuple[str, float | None]] = {
     "backup_local": ("dump_floor", 1.25),
     "backup_all": ("dump_floor", 1.35),
+    "backup_local_z1": ("dump_floor", 1.25),
     "seed_backup": ("dump_floor", None),
     "restore_local": ("restore_floor", 1.3),
     "restore_r2": ("restore_floor", 1.3),
     "seed_restore": ("restore_floor", None),
 }
-RSS_TARGETS = {"backup_local": 150 * MB, "backup_all": 200 * MB}
+RSS_TARGETS = {"backup_local": 150 * MB, "backup_all": 200 * MB, "backup_local_z1": 150 * MB}
 LABELS = {
     "dump_floor": "pg_dump -Fc -Z0 > /dev/null (floor)",
     "backup_local": "strongroom backup → local",
     "backup_all": "strongroom backup → local + r2 + b2",
+    "backup_local_z1": "strongroom backup → local, BACKUP_COMPRESSION_LEVEL=1",
     "seed_backup": "original: pg_dump -Fc file → gzip-9 → Fernet in memory",
     "plain_dump": "pg_dump -Fc (default compression) to a file",
     "restore_floor": "pg_restore -j 2 of the plain -Fc file (floor)",
@@ -85,6 +87,7 @@ CHILD = {
     "dump_floor": "",
     "backup_local": "pg_dump",
     "backup_all": "pg_dump",
+    "backup_local_z1": "pg_dump",
     "seed_backup": "pg_dump",
     "plain_dump": "",
     "restore_floor": "",
@@ -189,7 +192,7 @@ class Bench:
             env["PGPASSWORD"] = self.role_password
         return env
 
-    def strongroom_env(self, locations: str) -> dict[str, str]:
+    def strongroom_env(self, locations: str, **extra: str) -> dict[str, str]:
         env = {
             k: v
             for k, v in os.environ.items()
@@ -206,6 +209,7 @@ class Bench:
             STRONGROOM_CATALOG_URL=f"sqlite:///{self.work / 'catalog.sqlite3'}",
             **self.s3.settings("r2", BUCKETS["r2"]),
             **self.s3.settings("b2", BUCKETS["b2"]),
+            **extra,
         )
         return env
 
@@ -227,18 +231,18 @@ class Bench:
         argv = [self.cluster.binary("pg_dump"), "-Fc", "-f", str(path), DB]
         return measure(argv, env=self.libpq_env()).check()
 
-    def strongroom(self, args: Sequence[str], locations: str) -> tuple[Measured, Any]:
+    def strongroom(self, args: Sequence[str], locations: str, **extra: str) -> tuple[Measured, Any]:
         self.quiesce()
         out = self.work / "strongroom.json"
         run = measure(
             [str(ROOT / ".venv" / "bin" / "strongroom"), *args, "--json", "--no-progress"],
-            env=self.strongroom_env(locations),
+            env=self.strongroom_env(locations, **extra),
             stdout_path=out,
         ).check()
         return run, json.loads(run.stdout)
 
-    def backup(self, locations: str) -> tuple[Measured, dict[str, Any]]:
-        run, doc = self.strongroom(["backup"], locations)
+    def backup(self, locations: str, **extra: str) -> tuple[Measured, dict[str, Any]]:
+        run, doc = self.strongroom(["backup"], locations, **extra)
         if doc["status"] != "COMPLETED":
             raise RuntimeError(f"backup {doc['id']} is {doc['status']}: {doc.get('error')}")
         return run, doc
@@ -300,12 +304,16 @@ def measure_size(bench: Bench, label: str, repeats: int, restore_repeats: int) -
     log(f"measuring at {result.db_bytes / GIB:.2f} GiB ({label})")
     bench.dump_floor()  # warm-up, not counted
     backups: dict[str, list[dict[str, Any]]] = {"local": [], "local,r2,b2": []}
+    stored_z1 = 0
     for _ in range(repeats):
         for name, locations in (("backup_local", "local"), ("backup_all", "local,r2,b2")):
             result.add("dump_floor", bench.dump_floor())
             run, doc = bench.backup(locations)
             result.add(name, run)
             backups[locations].append(doc)
+        run, doc = bench.backup("local", BACKUP_COMPRESSION_LEVEL="1")
+        result.add("backup_local_z1", run)
+        stored_z1 = doc["size_bytes"]
     run, seed = bench.seed_backup(0)
     result.add("seed_backup", run)
     plain = bench.work / "plain.dump"
@@ -321,6 +329,7 @@ def measure_size(bench: Bench, label: str, repeats: int, restore_repeats: int) -
     result.info = {
         "raw_dump_bytes": last["raw_size_bytes"],
         "stored_bytes": last["size_bytes"],
+        "stored_bytes_zstd1": stored_z1,
         "codec": last["metadata"].get("codec"),
         "codec_level": last["metadata"].get("codec_level"),
         "plain_dump_bytes": plain.stat().st_size,
@@ -420,8 +429,9 @@ def flatness(runs: Sequence[SizeRun]) -> list[str]:
     first, last = runs[0], runs[-1]
     growth = last.db_bytes / first.db_bytes
     lines = []
-    for name in ("backup_local", "backup_all", "restore_local", "restore_r2", "seed_backup",
-                 "seed_restore"):  # fmt: skip
+    names = ("backup_local", "backup_all", "backup_local_z1", "restore_local", "restore_r2",
+             "seed_backup", "seed_restore")  # fmt: skip
+    for name in names:
         a, b = first.python_rss(name), last.python_rss(name)
         lines.append(
             f"| {LABELS[name]} | {a / MB:.0f} | {b / MB:.0f} | {b / a:.2f} |"
@@ -494,7 +504,8 @@ def markdown(runs: Sequence[SizeRun], info: Mapping[str, Any], command: str) -> 
             f"### {run.label}: database {run.db_bytes / GIB:.2f} GiB ({run.db_bytes / 1e9:.2f} GB)",
             "",
             f"Dump {i['raw_dump_bytes'] / 1e9:.2f} GB (`-Z0`) → stored "
-            f"{i['stored_bytes'] / 1e9:.2f} GB ({i['codec']}-{i['codec_level']}, encrypted); "
+            f"{i['stored_bytes'] / 1e9:.3f} GB ({i['codec']}-{i['codec_level']}, encrypted; "
+            f"{i['stored_bytes_zstd1'] / 1e9:.3f} GB at level 1); "
             f"plain `pg_dump -Fc` file {i['plain_dump_bytes'] / 1e9:.2f} GB; original design "
             f"stored {seed['stored'] / 1e9:.2f} GB (its stages, s: "
             + ", ".join(f"{k} {v:.1f}" for k, v in i["seed_stages"].items())
