@@ -260,7 +260,7 @@ class _BackupRun:
             status = "PARTIAL"
         else:
             status = "COMPLETED"
-        error = "; ".join(f"{n}: {r}" for n, r in reasons.items())
+        error = "; ".join(_labelled(n, r) for n, r in reasons.items())
         store.finish_backup(
             self.id,
             status=status,
@@ -363,6 +363,11 @@ def _reason(error: BaseException | None) -> str:
     if error is None:
         return ""
     return str(error) or type(error).__name__
+
+
+def _labelled(name: str, reason: str) -> str:
+    """``name: reason``, once: storage errors already start with their location's name."""
+    return reason if reason.startswith(f"{name}:") else f"{name}: {reason}"
 
 
 def _saved(result: StreamResult) -> float:
