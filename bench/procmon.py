@@ -45,6 +45,13 @@ class Measured:
     peaks: dict[int, ProcPeak] = field(default_factory=dict)
     stdout: str = ""
     stderr: str = ""
+    #: CPU seconds other processes (the database server, the S3 server) spent meanwhile.
+    other_cpu: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_cpu(self) -> float:
+        """CPU seconds of the command's tree plus the servers' work for it."""
+        return self.cpu_seconds + sum(self.other_cpu.values())
 
     @property
     def root_rss(self) -> int:
@@ -80,6 +87,23 @@ def _status(pid: int) -> tuple[str, int] | None:
             hwm = int(line.split()[1])
             break
     return (name, hwm) if hwm >= 0 else None
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and all its descendants, live or already reaped."""
+    if pid <= 0:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # utime, stime, cutime, cstime (cutime/cstime: children already waited for)
+    own = sum(int(f) for f in fields[11:15]) / _TICK
+    return own + sum(tree_cpu(child) for child in _children(pid))
 
 
 def _children(pid: int) -> list[int]:

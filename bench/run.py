@@ -44,7 +44,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from procmon import Measured, measure
+from procmon import Measured, measure, tree_cpu
 from strongroom.core import crypto, postgres
 from strongroom.sandbox.demo_data import install_schema, populate_to_size, url_as
 from strongroom.sandbox.pgcluster import SUPERUSER, PgCluster
@@ -221,20 +221,34 @@ class Bench:
         os.sync()
         time.sleep(1.0)
 
-    def dump_floor(self) -> Measured:
+    def _measure(
+        self, argv: Sequence[str], *, env: Mapping[str, str], stdout_path: Path | None = None
+    ) -> Measured:
+        """Quiesce, then run ``argv`` and add the server-side CPU it caused (PostgreSQL, S3)."""
         self.quiesce()
+        before = self.server_cpu()
+        run = measure(argv, env=env, stdout_path=stdout_path)
+        after = self.server_cpu()
+        run.other_cpu = {k: after[k] - before[k] for k in after}
+        return run
+
+    def server_cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by the PostgreSQL server (every backend) and by SeaweedFS."""
+        pid_file = self.cluster.data_dir / "postmaster.pid"
+        postmaster = int(pid_file.read_text().split()[0])
+        return {"postgres": tree_cpu(postmaster), "s3": tree_cpu(self.s3.pid or 0)}
+
+    def dump_floor(self) -> Measured:
         argv = [self.cluster.binary("pg_dump"), "-Fc", "-Z0", DB]
-        return measure(argv, env=self.libpq_env()).check()
+        return self._measure(argv, env=self.libpq_env()).check()
 
     def plain_dump(self, path: Path) -> Measured:
-        self.quiesce()
         argv = [self.cluster.binary("pg_dump"), "-Fc", "-f", str(path), DB]
-        return measure(argv, env=self.libpq_env()).check()
+        return self._measure(argv, env=self.libpq_env()).check()
 
     def strongroom(self, args: Sequence[str], locations: str, **extra: str) -> tuple[Measured, Any]:
-        self.quiesce()
         out = self.work / "strongroom.json"
-        run = measure(
+        run = self._measure(
             [str(ROOT / ".venv" / "bin" / "strongroom"), *args, "--json", "--no-progress"],
             env=self.strongroom_env(locations, **extra),
             stdout_path=out,
@@ -248,13 +262,12 @@ class Bench:
         return run, doc
 
     def seed_backup(self, index: int) -> tuple[Measured, dict[str, Any]]:
-        self.quiesce()
         env = {**self.libpq_env(), "BACKUP_ENCRYPTION_KEY": self.key,
                "BACKUP_PG_BINDIR": self.cluster.bindir}  # fmt: skip
         out = self.seed_dir / f"backup-{index}.enc"
         report = self.work / "seed.json"
         argv = [sys.executable, str(SEED_SCRIPT), "backup", str(out)]
-        run = measure(argv, env=env, stdout_path=report).check()
+        run = self._measure(argv, env=env, stdout_path=report).check()
         return run, json.loads(run.stdout)
 
     def new_target(self) -> str:
@@ -268,10 +281,9 @@ class Bench:
 
     def restore_floor(self, plain: Path) -> Measured:
         name = self.new_target()
-        self.quiesce()
         argv = [self.cluster.binary("pg_restore"), "--no-owner", "--no-acl", "--exit-on-error",
                 "--jobs=2", "-d", name, str(plain)]  # fmt: skip
-        run = measure(argv, env=self.libpq_env(superuser=True, dbname=name)).check()
+        run = self._measure(argv, env=self.libpq_env(superuser=True, dbname=name)).check()
         self.drop(name)
         return run
 
@@ -287,13 +299,12 @@ class Bench:
 
     def seed_restore(self, index: int) -> Measured:
         name = self.new_target()
-        self.quiesce()
         env = {**self.libpq_env(superuser=True, dbname=name), "BACKUP_ENCRYPTION_KEY": self.key,
                "BACKUP_PG_BINDIR": self.cluster.bindir}  # fmt: skip
         source = self.seed_dir / f"backup-{index}.enc"
         argv = [sys.executable, str(SEED_SCRIPT), "restore", str(source), "--dbname", name,
                 "-j", "2"]  # fmt: skip
-        run = measure(argv, env=env, stdout_path=self.work / "seed.json").check()
+        run = self._measure(argv, env=env, stdout_path=self.work / "seed.json").check()
         self.drop(name)
         return run
 
@@ -396,10 +407,12 @@ def table_rows(run: SizeRun) -> list[list[str]]:
         if rss_target is not None:
             checks.append(f"RSS ≤ {rss_target // MB} MB: {_verdict(py_rss <= rss_target)}")
         walls = ", ".join(f"{r.wall:.1f}" for r in run.runs[name])
+        cpu = statistics.median(r.total_cpu for r in run.runs[name])
         rows.append(
             [
                 label,
                 f"{run.median(name):.2f}",
+                f"{cpu:.1f}",
                 walls,
                 _fmt_ratio(ratio),
                 f"{py_rss / MB:.0f}" if py_rss else "—",
@@ -410,7 +423,7 @@ def table_rows(run: SizeRun) -> list[list[str]]:
     return rows
 
 
-HEADER = ["measurement", "median s", "runs (s)", "ratio", "python RSS MB", "child RSS MB",
+HEADER = ["measurement", "median s", "CPU s", "runs (s)", "ratio", "python RSS MB", "child RSS MB",
           "target"]  # fmt: skip
 
 
@@ -512,7 +525,7 @@ def markdown(runs: Sequence[SizeRun], info: Mapping[str, Any], command: str) -> 
             + ").",
             "",
             "| " + " | ".join(HEADER) + " |",
-            "|---|---:|---|---:|---:|---:|---|",
+            "|---|---:|---:|---|---:|---:|---:|---|",
             *("| " + " | ".join(row) + " |" for row in table_rows(run)),
             "",
         ]
@@ -541,6 +554,7 @@ def write_report(out: Path, runs: Sequence[SizeRun], info: Mapping[str, Any], co
                         {
                             "wall": m.wall,
                             "cpu_seconds": m.cpu_seconds,
+                            "server_cpu_seconds": m.other_cpu,
                             "wait4_maxrss_kib": m.wait4_maxrss_kib,
                             "python_rss": m.root_rss,
                             "child_rss": m.rss_of(CHILD[n]) if CHILD[n] else 0,
