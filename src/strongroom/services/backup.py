@@ -100,6 +100,7 @@ def reap_dead_runs(config: Config) -> list[str]:
     return reaped
 
 
+_WITHDRAWN = "stored, then deleted again because a required location failed"
 _DEAD_REASON = "the run died before finishing (worker killed, out of memory or machine lost)"
 _STALE_REASON = "the run stopped reporting progress for over an hour and was given up"
 
@@ -318,7 +319,7 @@ class _BackupRun:
                 status="STORED" if o.ok and o.committed else "FAILED",
                 size_bytes=result.stored_size if o.ok else o.bytes_written,
                 checksum=result.sha256 if o.ok else "",
-                error="" if o.ok else _reason(o.error),
+                error="" if o.ok and o.committed else _reason(o.error) or _WITHDRAWN,
                 duration_seconds=o.duration,
             )
 
