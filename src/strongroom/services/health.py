@@ -13,6 +13,7 @@ from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core import postgres
 from strongroom.core.crypto import Keyring
+from strongroom.core.storage.base import CheckResult
 from strongroom.errors import BackupNotFound, StrongroomError
 from strongroom.services.backup import reap_dead_runs
 from strongroom.services.runtime import build_locations
@@ -80,11 +81,20 @@ def _location_probes(config: Config) -> list[Probe]:
         try:
             result = loc.check()
             ok = result.reachable and result.writable
-            detail = f"{loc.describe()}: {result.detail}"
+            detail = f"{loc.describe()}: {_state(result)}"
         except StrongroomError as exc:
             ok, detail = False, str(exc)
         probes.append(Probe(f"location {loc.name}", ok, detail, loc.required))
     return probes
+
+
+def _state(result: CheckResult) -> str:
+    """Reachable (an authenticated list worked) and writable, as separate facts."""
+    if result.reachable and result.writable:
+        return "reachable and writable"
+    if result.reachable:
+        return f"reachable but not writable: {result.detail}"
+    return result.detail
 
 
 def _catalog_probes(config: Config, now: datetime) -> list[Probe]:
