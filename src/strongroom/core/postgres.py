@@ -327,7 +327,7 @@ class DumpProcess:
         self.drain.join(timeout=10)
         if self.timed_out:
             raise DumpFailed(
-                f"pg_dump did not finish within {self.timeout:.0f} s and was stopped: "
+                f"pg_dump did not finish within {self.timeout:g} s and was stopped: "
                 "raise BACKUP_PG_DUMP_TIMEOUT for a database this size"
             )
         if code != 0:
@@ -401,7 +401,7 @@ def run_restore(
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise RestoreError(f"pg_restore did not finish within {timeout:.0f} s") from None
+        raise RestoreError(f"pg_restore did not finish within {timeout:g} s") from None
     drain.join(timeout=10)
     if code != 0:
         raise RestoreError(f"pg_restore failed (exit {code}): {drain.last_error()}")

@@ -146,6 +146,8 @@ def main(argv: Sequence[str] | None = None, *, config: Config | None = None) -> 
         level=logging.INFO if args.verbose else logging.WARNING,
         format="strongroom: %(levelname)s: %(message)s",
     )
+    if not args.verbose:  # the command's own error line already says it: one line, not two
+        logging.getLogger("strongroom.notify.notice").setLevel(logging.CRITICAL)
     try:
         return _dispatch(args, config)
     except StrongroomError as exc:

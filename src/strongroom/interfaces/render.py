@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,8 +19,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+#: Piped output is not cut to 80 columns (a table's ids stay whole); ``COLUMNS`` still wins.
+_PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 240
 #: Lines are never wrapped at the console width, so piped output and logs keep one line each.
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, width=_PIPE_WIDTH)
 #: Error lines are plain text: a reason may hold brackets that are not markup.
 err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
@@ -58,6 +61,9 @@ def progress(
 
 
 def backups_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        out.print("no backups in the catalog (strongroom backup makes one)")
+        return
     table = Table(title=None, show_lines=False)
     for col in ("id", "type", "database", "status", "size", "saved", "duration", "locations"):
         table.add_column(col)

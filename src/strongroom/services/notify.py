@@ -32,6 +32,8 @@ from strongroom import __version__
 from strongroom.config import Config
 
 log = logging.getLogger("strongroom.notify")
+#: The notice itself (a worker's log is where operators read it; the CLI prints its own line).
+notice_log = logging.getLogger("strongroom.notify.notice")
 
 WEBHOOK_TIMEOUT = 5.0
 WEBHOOK_ATTEMPTS = 3
@@ -155,7 +157,7 @@ def build_notice(config: Config, backup_id: str, status: str, reason: str) -> No
 
 def deliver(config: Config, notice: Notice) -> None:
     """Log, mail and POST one notice; each channel fails on its own, logged, never raised."""
-    log.error(
+    notice_log.error(
         "backup %s of %s %s: %s%s",
         notice.backup_id or "(no record)",
         notice.database,
