@@ -412,7 +412,7 @@ def test_a_flipped_byte_is_refused_by_restore_and_named_by_verify(
     line = _error(cli("restore", doc["id"], "--target", target))
     assert "no intact copy to restore from (local: stored object failed authentication" in line
     assert "truncated, tampered with or corrupt" in line
-    assert not _user_tables(pg_cluster, target)  # pg_restore never saw a byte
+    assert _user_tables(pg_cluster, target) is None  # pg_restore never ran; nothing created
     assert list(Path(env["BACKUP_RESTORE_SCRATCH_DIR"]).iterdir()) == []
     assert _catalog(env) == [(doc["id"], "COMPLETED", "")]  # a refusal is not a verdict
 
@@ -438,7 +438,7 @@ def test_a_truncated_object_is_refused_by_restore_and_named_by_verify(
     line = _error(cli("restore", doc["id"], "--target", target, "-j", "2"))
     assert "no intact copy to restore from (local: " in line
     assert "truncated" in line
-    assert not _user_tables(pg_cluster, target)
+    assert _user_tables(pg_cluster, target) is None
     assert list(Path(env["BACKUP_RESTORE_SCRATCH_DIR"]).iterdir()) == []
 
     line = _error(cli("verify", doc["id"]), 4)
@@ -466,7 +466,7 @@ def test_the_wrong_key_is_named_and_an_old_key_restores_after_rotation(
     assert f"(configured: {key_id_of(parse_key(other))})" in line
     assert "BACKUP_ENCRYPTION_OLD_KEYS" in line
     assert env["BACKUP_ENCRYPTION_KEY"] not in restore.stderr and other not in restore.stderr
-    assert not _user_tables(pg_cluster, target)
+    assert _user_tables(pg_cluster, target) is None
 
     line = _error(cli("verify", doc["id"], BACKUP_ENCRYPTION_KEY=other), 4)
     assert f"local: unreadable: manifest was signed with key id {needed}" in line

@@ -412,14 +412,16 @@ def run_restore(
 # Restore targets
 
 
-def prepare_target(target: ConnInfo, *, replace: bool) -> None:
+def prepare_target(target: ConnInfo, *, replace: bool, create: bool = True) -> None:
     """Make sure the target database exists and is empty, creating or clearing it as asked.
 
     A non-empty target is refused unless ``replace``: restoring over live tables is exactly the
-    kind of surprise a backup tool must not spring.
+    kind of surprise a backup tool must not spring. ``create=False`` only checks, so a restore
+    that fails before it has a good copy leaves no empty database behind.
     """
     if not _database_exists(target):
-        _create_database(target)
+        if create:
+            _create_database(target)
         return
     with target.connect(autocommit=True) as conn:
         rows = conn.execute(

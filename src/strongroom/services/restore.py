@@ -64,7 +64,8 @@ def restore_backup(
     runtime = Runtime.build(config)
     target = postgres.ConnInfo.parse(target_url)
     if not replace:
-        postgres.prepare_target(target, replace=False)  # refuse a non-empty target up front
+        # refuse a non-empty target up front; create a missing one only once a copy verified
+        postgres.prepare_target(target, replace=False, create=False)
     copies = find_copies(runtime, backup_id, from_location)
     jobs = jobs or config.restore_jobs
     started = time.monotonic()
