@@ -641,6 +641,15 @@ def test_a_corrupt_copy_is_named_by_verify_and_restore_falls_back_to_a_good_one(
         "b2": "CORRUPT",
     }
 
+    # now the catalog knows: the corrupt copy is passed over, and the output says why
+    target = new_db()
+    done = cli("restore", "--latest", "--target", target, STRONGROOM_LOCATIONS="b2,r2,local")
+    assert done.returncode == 0, done.stderr
+    lines_after = done.stdout.splitlines()
+    assert lines_after[0].startswith("skipped copy b2: the catalog has this copy as CORRUPT")
+    assert lines_after[1].startswith(f"restored backup {backup_id} from r2 into ")
+    assert table_digests(target) == source
+
     target = new_db()
     done = cli("restore", "--latest", "--from", "r2", "--target", target)
     assert done.returncode == 0, done.stderr

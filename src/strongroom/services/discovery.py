@@ -40,12 +40,20 @@ def _ordered(runtime: Runtime, from_location: str | None) -> list[Location]:
 
 
 def find_copies(
-    runtime: Runtime, backup_id: str | None, from_location: str | None
+    runtime: Runtime,
+    backup_id: str | None,
+    from_location: str | None,
+    passed_over: list[str] | None = None,
 ) -> list[CopyRef]:
-    """Copies of the backup in preference order (configured location order, or just one)."""
+    """Copies of the backup in preference order (configured location order, or just one).
+
+    ``--latest`` means the newest restorable backup of the configured database when one is
+    configured. Copies the catalog knows to be unusable (CORRUPT, MISSING, FAILED) are not
+    tried; each is described in ``passed_over`` so the operator sees why.
+    """
     locations = _ordered(runtime, from_location)
     try:
-        copies = _from_catalog(backup_id, locations)
+        copies = _from_catalog(runtime, backup_id, locations, passed_over)
     except BackupNotFound:
         copies = []
     if copies:
@@ -58,14 +66,29 @@ def find_copies(
     raise BackupNotFound(f"{what} not found in the catalog or in storage ({where})")
 
 
-def _from_catalog(backup_id: str | None, locations: list[Location]) -> list[CopyRef]:
-    backup = store.get_backup(backup_id) if backup_id else store.latest_backup()
+def latest_of_configured_database(runtime: Runtime) -> str:
+    """Id of the newest restorable backup of the configured database (any, if none is set)."""
+    return str(store.latest_backup(database=_database_filter(runtime)).id)
+
+
+def _from_catalog(
+    runtime: Runtime,
+    backup_id: str | None,
+    locations: list[Location],
+    passed_over: list[str] | None,
+) -> list[CopyRef]:
+    backup = store.get_backup(backup_id or latest_of_configured_database(runtime))
     by_location = {c.location: c for c in store.copies_of(backup.id)}
     refs = []
     for loc in locations:
         copy = by_location.get(loc.name)
-        if copy is not None and copy.status in USABLE_COPY_STATES:
+        if copy is None:
+            continue
+        if copy.status in USABLE_COPY_STATES:
             refs.append(CopyRef(backup.id, loc, copy.key, copy.manifest_key, backup.checksum))
+        elif passed_over is not None:
+            why = f": {copy.error}" if copy.error else ""
+            passed_over.append(f"{loc.name}: the catalog has this copy as {copy.status}{why}")
     return refs
 
 

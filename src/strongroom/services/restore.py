@@ -66,7 +66,8 @@ def restore_backup(
     if not replace:
         # refuse a non-empty target up front; create a missing one only once a copy verified
         postgres.prepare_target(target, replace=False, create=False)
-    copies = find_copies(runtime, backup_id, from_location)
+    passed_over: list[str] = []
+    copies = find_copies(runtime, backup_id, from_location, passed_over)
     jobs = jobs or config.restore_jobs
     started = time.monotonic()
     scratch = _scratch(scratch_dir or config.restore_scratch_dir)
@@ -90,7 +91,7 @@ def restore_backup(
         str(target),
         jobs,
         time.monotonic() - started,
-        skipped=skipped,
+        skipped=passed_over + skipped,
     )
     for table, expected in sorted(manifest.table_rows.items()):
         report.table_rows[table] = (expected, actual.get(table))

@@ -13,6 +13,7 @@ from strongroom.core.manifest import Manifest
 from strongroom.core.readback import read_back
 from strongroom.core.storage.base import Location
 from strongroom.errors import IntegrityError, ObjectNotFound, StrongroomError
+from strongroom.services.discovery import latest_of_configured_database
 from strongroom.services.runtime import Runtime
 
 log = logging.getLogger("strongroom.verify")
@@ -76,7 +77,7 @@ def check_copy(
 def verify_backup(config: Config, backup_id: str | None) -> VerifyReport:
     """Verify the given (or latest restorable) backup in every location that holds a copy."""
     runtime = Runtime.build(config)
-    backup = store.get_backup(backup_id) if backup_id else store.latest_backup()
+    backup = store.get_backup(backup_id or latest_of_configured_database(runtime))
     report = VerifyReport(backup.id, backup.status)
     for copy in store.copies_of(backup.id):
         if copy.status in ("FAILED", "DELETED", "PENDING"):
