@@ -146,8 +146,18 @@ def main(argv: Sequence[str] | None = None, *, config: Config | None = None) -> 
         level=logging.INFO if args.verbose else logging.WARNING,
         format="strongroom: %(levelname)s: %(message)s",
     )
+    notice = logging.getLogger("strongroom.notify.notice")
+    saved = notice.level
     if not args.verbose:  # the command's own error line already says it: one line, not two
-        logging.getLogger("strongroom.notify.notice").setLevel(logging.CRITICAL)
+        notice.setLevel(logging.CRITICAL)
+    try:
+        return _run(args, config)
+    finally:
+        notice.setLevel(saved)  # main() may run inside a longer-lived process (manage.py, tests)
+
+
+def _run(args: argparse.Namespace, config: Config | None) -> int:
+    """Dispatch; every failure becomes one line on stderr and an exit code."""
     try:
         return _dispatch(args, config)
     except StrongroomError as exc:
