@@ -318,7 +318,9 @@ def test_a_cloud_location_down_before_the_backup_gives_partial_and_the_rest_veri
     seaweed_factory: SeaweedFactory,
     prefix: str,
 ) -> None:
+    from strongroom.catalog import store
     from strongroom.services.backup import run_full_backup
+    from strongroom.services.heal import heal_backups
     from strongroom.services.verify import verify_backup
 
     b2 = seaweed_factory(buckets=(B2_BUCKET,))
@@ -344,6 +346,10 @@ def test_a_cloud_location_down_before_the_backup_gives_partial_and_the_rest_veri
         ("local", "VERIFIED"),
         ("r2", "VERIFIED"),
     ]
+    # the copies it has are intact, but b2 has none: still PARTIAL, and it says where and why
+    assert (verified.status, verified.absent) == ("PARTIAL", {"b2": reason})
+    backup = store.get_backup(report.id)
+    assert (backup.status, backup.error) == ("PARTIAL", reason)
     after = _copies(report.id)
     assert (after["b2"].status, after["b2"].error) == ("FAILED", reason)  # no claim about b2
     key = after["r2"].key
@@ -353,6 +359,13 @@ def test_a_cloud_location_down_before_the_backup_gives_partial_and_the_rest_veri
     b2.start()  # same directory and ports: nothing arrived, nothing half-arrived
     assert _bucket_keys(b2, B2_BUCKET, prefix) == set()
     assert _open_uploads(b2, B2_BUCKET, prefix) == []
+    healed = heal_backups(config, report.id)
+    assert [(r.location, r.source, r.ok) for r in healed.repairs] == [("b2", "local", True)]
+    assert _bucket_keys(b2, B2_BUCKET, prefix) == {key, manifest_key_for(key)}
+    assert (store.get_backup(report.id).status, _copies(report.id)["b2"].status) == (
+        "VERIFIED",
+        "VERIFIED",
+    )
     second = run_full_backup(config)
     assert second.status == "COMPLETED", second.error
     key = _copies(second.id)["b2"].key
@@ -455,8 +468,10 @@ def test_a_server_killed_mid_upload_gives_partial_and_its_parts_are_aborted_when
 
     verify = cli("verify", doc["id"], "--json")
     assert verify.returncode == 0, verify.stderr
-    checks = {c["location"]: c["status"] for c in _json_out(verify)["checks"]}
+    verified = _json_out(verify)
+    checks = {c["location"]: c["status"] for c in verified["checks"]}
     assert checks == {"local": "VERIFIED", "r2": "VERIFIED"}
+    assert (verified["status"], verified["absent"]) == ("PARTIAL", {"b2": reason})
     assert _open_uploads(seaweed, R2_BUCKET, prefix) == []
     assert not [f for f in _local_files(settings) if ".partial-" in f]
 
@@ -528,9 +543,9 @@ def test_a_local_path_under_a_regular_file_fails_before_anything_is_uploaded(
     line = _error_line(done)
     assert done.returncode == 1
     assert line == (
-        f"strongroom: error: local location 'local': {blocker}/backups is not a directory (Not a "
-        f"directory): create it as a directory and give user root write access, or set "
-        f"BACKUP_LOCAL_PATH"
+        f"strongroom: error: local location 'local': {blocker}/backups lies under {blocker}, "
+        f"which is a file, not a directory (Not a directory): create it as a directory and give "
+        f"user root write access, or set BACKUP_LOCAL_PATH"
     )
     listed = cli("list", "--json")
     (row,) = _json_out(listed)

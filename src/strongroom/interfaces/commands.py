@@ -67,11 +67,17 @@ def verify(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         doc = store.backup_to_dict(store.get_backup(report.id))
         doc["checks"] = [vars(c) for c in report.copies]
+        doc["absent"] = report.absent
         emit_json(doc)
     else:
         for c in report.copies:
             mark = "ok  " if c.ok else "FAIL"
             render.out.print(f"{mark} {c.location:<8} {c.detail}")
+        for name, why in report.absent.items():
+            render.out.print(
+                f"none {name:<8} no copy, the backup failed there ({why}); "
+                f"`strongroom heal {report.id}` re-creates it from a verified copy"
+            )
         render.out.print(f"backup {report.id}: {report.status}")
     if not report.ok:
         render.err.print(

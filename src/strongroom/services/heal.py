@@ -238,8 +238,12 @@ class _BackupHeal:
         store.record_event(self.id, HEALED_EVENT, location=target.name, message=repair.detail)
 
     def _settle_status(self) -> None:
-        """A backup whose every live copy now verifies is VERIFIED again."""
-        live = [c for c in store.copies_of(self.id) if c.status not in ("DELETED", "FAILED")]
+        """A backup whose every live copy now verifies, and that lacks none, is VERIFIED again."""
+        configured = {loc.name for loc in self.rt.locations} | set(self.rt.unconfigured)
+        rows = store.copies_of(self.id)
+        if any(c.status == "FAILED" and c.location in configured for c in rows):
+            return  # a configured location still holds no copy: the backup stays PARTIAL
+        live = [c for c in rows if c.status not in ("DELETED", "FAILED")]
         if live and all(c.status == "VERIFIED" for c in live) and self.backup.status != "VERIFIED":
             store.finish_verify(self.id, status="VERIFIED", error="", verified_at=self.now)
 

@@ -32,6 +32,8 @@ class VerifyReport:
     id: str
     status: str
     copies: list[CopyCheck] = field(default_factory=list)
+    #: Configured locations the backup never reached (its run failed there), with the reason.
+    absent: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -79,7 +81,10 @@ def verify_backup(config: Config, backup_id: str | None) -> VerifyReport:
     runtime = Runtime.build(config)
     backup = store.get_backup(backup_id or latest_of_configured_database(runtime))
     report = VerifyReport(backup.id, backup.status)
+    configured = {spec.name for spec in config.locations}
     for copy in store.copies_of(backup.id):
+        if copy.status == "FAILED" and copy.location in configured:
+            report.absent[copy.location] = copy.error or "the backup could not store it"
         if copy.status in ("FAILED", "DELETED", "PENDING"):
             continue
         try:
@@ -98,17 +103,22 @@ def verify_backup(config: Config, backup_id: str | None) -> VerifyReport:
     store.finish_verify(
         backup.id,
         status=report.status,
-        error=report.problems(),
+        error=report.problems() or _absent_reasons(report),
         verified_at=datetime.now(UTC) if report.ok else None,
     )
     return report
 
 
+def _absent_reasons(report: VerifyReport) -> str:
+    return "; ".join(f"{name}: {why}" for name, why in report.absent.items())
+
+
 def _new_status(report: VerifyReport, previous: str) -> str:
+    """VERIFIED only when every configured location holds a copy and every copy read back."""
     if not report.copies:
         return "FAILED"
     if report.ok:
-        return "VERIFIED"
+        return "PARTIAL" if report.absent else "VERIFIED"
     if any(c.ok for c in report.copies):
         return "PARTIAL"
     if any(c.status in ("CORRUPT", "MISSING") for c in report.copies):
