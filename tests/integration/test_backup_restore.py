@@ -518,7 +518,7 @@ def test_a_malformed_key_is_one_line_before_any_work(
 
 @pytest.mark.parametrize(
     ("where", "message"),
-    [("file/backups", "is not a directory"), ("missing", "does not exist")],
+    [("file/backups", "lies under "), ("missing", "does not exist")],
     ids=["parent-is-a-file", "missing-directory"],
 )
 def test_an_unusable_local_path_fails_before_pg_dump_and_is_named(

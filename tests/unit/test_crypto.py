@@ -263,8 +263,18 @@ def test_truncation_reports_how_far_it_got(three_segments: tuple[bytes, bytes]) 
     reader = RING_A.decrypting_reader(io.BytesIO(stored[: HEADER_SIZE + 2 * SEGMENT_SIZE]))
     got = reader.read(FIRST_SEGMENT_PLAINTEXT)
     assert got == plain[:FIRST_SEGMENT_PLAINTEXT]  # released only once authenticated
-    with pytest.raises(IntegrityError, match=f"after {FIRST_SEGMENT_PLAINTEXT} plaintext bytes"):
+    with pytest.raises(
+        IntegrityError, match=f"after {FIRST_SEGMENT_PLAINTEXT} authenticated plaintext bytes"
+    ):
         reader.read(MIB)
+
+
+def test_damage_in_the_first_segment_says_so(three_segments: tuple[bytes, bytes]) -> None:
+    _, stored = three_segments
+    bad = bytearray(stored)
+    bad[HEADER_SIZE + TINK_HEADER_SIZE + 10] ^= 0x01
+    with pytest.raises(IntegrityError, match="failed authentication in its first segment"):
+        decrypt(bytes(bad))
 
 
 def test_trailing_bytes_fail(three_segments: tuple[bytes, bytes]) -> None:

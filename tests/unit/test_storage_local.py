@@ -159,17 +159,20 @@ def test_unwritable_path_gives_one_clear_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
     target = blocker / "backups"
-    for create, named in ((False, target), (True, blocker)):
+    for create in (False, True):
         location = LocalLocation("local", target, create=create)
         with pytest.raises(LocationUnavailable) as err:
             location.put_bytes("db/k", b"v")
         message = str(err.value)
-        assert message.startswith(f"local location 'local': {named} is not a directory")
+        assert message.startswith(
+            f"local location 'local': {target} lies under {blocker}, which is a file, not a "
+            "directory (Not a directory): "
+        ), message
         assert f"user {_user()} write access" in message
         assert "BACKUP_LOCAL_PATH" in message and "\n" not in message
         assert err.value.location == "local"
         result = location.check()
-        assert not result.writable and str(named) in result.detail
+        assert not result.writable and str(blocker) in result.detail
 
 
 def test_create_option_makes_the_root(tmp_path: Path) -> None:

@@ -401,10 +401,14 @@ class DecryptingReader:
         """The source's own error (e.g. a StorageError) if it had one, else tampering."""
         if self._source.error is not None:
             return self._source.error
+        where = (
+            f"after {self.bytes_out} authenticated plaintext bytes"
+            if self.bytes_out
+            else "in its first segment"
+        )
         return IntegrityError(
-            f"stored object failed authentication after {self.bytes_out} plaintext bytes "
-            f"(key id {self.key_id}): it is truncated, tampered with or corrupt; "
-            "try another copy"
+            f"stored object failed authentication {where} (key id {self.key_id}): "
+            "it is truncated, tampered with or corrupt; try another copy"
         )
 
 

@@ -37,6 +37,16 @@ _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
 
+def _not_a_directory(path: Path) -> str:
+    """Name the component that is in the way: the path itself, or the file it lies under."""
+    for component in (*reversed(path.parents), path):
+        if component.exists() and not component.is_dir():
+            if component == path:
+                break
+            return f"{path} lies under {component}, which is a file, not a directory"
+    return f"{path} is not a directory"
+
+
 def _os_user() -> str:
     try:
         import pwd
@@ -181,14 +191,12 @@ class LocalLocation(Location):
     def unavailable(self, exc: OSError, path: Path | None = None) -> LocationUnavailable:
         """One line naming the path, the OS user and the fix."""
         where = path or self.path
-        if exc.errno == errno.ENOTDIR and exc.filename:
-            where = Path(os.fsdecode(exc.filename))  # the component that is a file
         reason = exc.strerror or type(exc).__name__
         user = _os_user()
         if exc.errno == errno.ENOENT:
             what = f"{where} does not exist"
         elif exc.errno == errno.ENOTDIR:
-            what = f"{where} is not a directory"
+            what = _not_a_directory(Path(os.fsdecode(exc.filename)) if exc.filename else where)
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             what = f"{where} is not writable by user {user}"
         else:
@@ -217,7 +225,7 @@ class LocalLocation(Location):
         current = target
         while current != top and not current.is_dir():
             if current.exists():
-                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(current))
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target))
             missing.append(current)
             current = current.parent
         for directory in reversed(missing):
@@ -226,7 +234,7 @@ class LocalLocation(Location):
             except FileExistsError:
                 if not directory.is_dir():
                     raise NotADirectoryError(
-                        errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory)
+                        errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target)
                     ) from None
                 continue  # a concurrent writer made it
             _fsync_dir(directory.parent)
