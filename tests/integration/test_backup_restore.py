@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sqlite3
 import subprocess
@@ -320,7 +321,8 @@ def test_json_documents_verify_and_restore_with_two_jobs_and_latest(
         assert "--jobs=2" in argv and f"--dbname={target.rsplit('/', 1)[-1]}" in argv, argv
         assert argv[-1].endswith("/archive.dump"), argv
     assert f"restored backup {doc['id']} from local into database " in out
-    assert "(-j 2)" in out
+    stages = r"\(fetch [\d.]+s, pg_restore [\d.]+s, row counts [\d.]+s\)"
+    assert re.search(r"\(-j 2\) in [\d.]+s " + stages, out), out
     for table, (rows, _) in shop_digests.items():  # one line per table, never wrapped
         assert f"ok   {table:<40} {rows:>10} rows in backup, {rows:>10} restored\n" in out
     assert table_digests(target) == shop_digests
@@ -334,6 +336,8 @@ def test_json_documents_verify_and_restore_with_two_jobs_and_latest(
         2,
         "local",
     )
+    assert list(again["stages"]) == ["fetch", "pg_restore", "row counts"]
+    assert sum(again["stages"].values()) <= again["seconds"]
     assert table_digests(target) == shop_digests
 
 

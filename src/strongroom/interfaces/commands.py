@@ -108,6 +108,7 @@ def restore(args: argparse.Namespace, config: Config) -> int:
                 "target": report.target,
                 "jobs": report.jobs,
                 "seconds": round(report.seconds, 3),
+                "stages": {name: round(sec, 3) for name, sec in report.stages.items()},
                 "skipped": report.skipped,
                 "tables": {
                     t: {"expected": e, "restored": a} for t, (e, a) in report.table_rows.items()
@@ -119,7 +120,9 @@ def restore(args: argparse.Namespace, config: Config) -> int:
             render.out.print(f"skipped copy {skipped}")
         render.out.print(
             f"restored backup {report.id} from {report.source} into {report.target} "
-            f"(-j {report.jobs}) in {report.seconds:.1f}s"
+            f"(-j {report.jobs}) in {report.seconds:.1f}s ("
+            + ", ".join(f"{name} {sec:.1f}s" for name, sec in report.stages.items())
+            + ")"
         )
         for table, (expected, actual) in report.table_rows.items():
             mark = "ok  " if expected == actual else "DIFF"

@@ -39,6 +39,8 @@ class RestoreReport:
     seconds: float = 0.0
     table_rows: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    #: Seconds per stage (fetch and verify, pg_restore, row counts): where a slow restore went.
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def mismatches(self) -> dict[str, tuple[int, int | None]]:
@@ -70,21 +72,27 @@ def restore_backup(
     copies = find_copies(runtime, backup_id, from_location, passed_over)
     jobs = jobs or config.restore_jobs
     started = time.monotonic()
+    stages: dict[str, float] = {}
     scratch = _scratch(scratch_dir or config.restore_scratch_dir)
     try:
         archive = scratch / "archive.dump"
         try:
             copy, manifest, skipped = _fetch_first_intact(runtime, copies, archive, progress)
+            stages["fetch"] = time.monotonic() - started
         except OSError as exc:
             raise RestoreError(
                 f"cannot write the verified archive to {scratch}: {exc.strerror or exc}; point "
                 "BACKUP_RESTORE_SCRATCH_DIR at a disk with room for the uncompressed dump"
             ) from None
         postgres.prepare_target(target, replace=replace)
+        mark = time.monotonic()
         postgres.run_restore(archive, target, jobs=jobs, bindir=config.pg_bindir)
+        stages["pg_restore"] = time.monotonic() - mark
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    mark = time.monotonic()
     actual = postgres.target_row_counts(target)
+    stages["row counts"] = time.monotonic() - mark
     report = RestoreReport(
         manifest.id,
         copy.location.name,
@@ -92,6 +100,7 @@ def restore_backup(
         jobs,
         time.monotonic() - started,
         skipped=passed_over + skipped,
+        stages=stages,
     )
     for table, expected in sorted(manifest.table_rows.items()):
         report.table_rows[table] = (expected, actual.get(table))
