@@ -136,7 +136,10 @@ class _Poller(threading.Thread):
                 continue
             name, hwm = status
             peak = self.peaks.setdefault(pid, ProcPeak(pid, name, depth))
-            peak.name = name  # after exec the name changes; keep the latest
+            if peak.name != name:
+                # exec: a forked child inherits its parent's VmHWM until it execs a new image,
+                # whose memory starts afresh; count only the program it became
+                peak.name, peak.hwm_kib = name, 0
             peak.hwm_kib = max(peak.hwm_kib, hwm)
             stack.extend((child, depth + 1) for child in _children(pid))
 
