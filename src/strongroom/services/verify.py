@@ -84,7 +84,8 @@ def verify_backup(config: Config, backup_id: str | None) -> VerifyReport:
     configured = {spec.name for spec in config.locations}
     for copy in store.copies_of(backup.id):
         if copy.status == "FAILED" and copy.location in configured:
-            report.absent[copy.location] = copy.error or "the backup could not store it"
+            why = copy.error.removeprefix(f"{copy.location}: ")
+            report.absent[copy.location] = why or "the backup could not store it"
         if copy.status in ("FAILED", "DELETED", "PENDING"):
             continue
         try:
