@@ -18,12 +18,14 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 #: Piped output is not cut to 80 columns (a table's ids stay whole); ``COLUMNS`` still wins.
 _PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 240
 #: Lines are never wrapped at the console width, so piped output and logs keep one line each.
-out = Console(highlight=False, soft_wrap=True, width=_PIPE_WIDTH)
-#: Error lines are plain text: a reason may hold brackets that are not markup.
+#: Plain text, never markup: reasons, keys and paths may hold brackets (``[Errno 13]``,
+#: ``[/var/backups]``); styling goes through ``Text`` objects instead.
+out = Console(highlight=False, markup=False, soft_wrap=True, width=_PIPE_WIDTH)
 err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
@@ -83,7 +85,7 @@ def backups_table(rows: list[dict[str, Any]]) -> None:
     out.print(table)
 
 
-def _status(status: str) -> str:
+def _status(status: str) -> Text:
     colour = {
         "VERIFIED": "green",
         "COMPLETED": "green",
@@ -92,11 +94,11 @@ def _status(status: str) -> str:
         "IN_PROGRESS": "cyan",
         "SKIPPED": "dim",
     }.get(status, "white")
-    return f"[{colour}]{status}[/{colour}]"
+    return Text(status, style=colour)
 
 
 def backup_detail(doc: dict[str, Any]) -> None:
-    out.print(f"[bold]backup {doc['id']}[/bold]  {_status(doc['status'])}")
+    out.print(Text.assemble((f"backup {doc['id']}", "bold"), "  ", _status(doc["status"])))
     for field in (
         "backup_type",
         "database",
@@ -118,5 +120,6 @@ def backup_detail(doc: dict[str, Any]) -> None:
     if doc.get("compression_ratio") is not None:
         out.print(f"  {'compression':<24} {doc['compression_ratio'] * 100:.1f}% saved")
     for c in doc.get("copies", []):
-        line = f"  copy {c['location']:<19} {_status(c['status'])} {c.get('key', '')}"
-        out.print(line + (f"  ({c['error']})" if c.get("error") else ""))
+        error = f"  ({c['error']})" if c.get("error") else ""
+        head = f"  copy {c['location']:<19} "
+        out.print(Text.assemble(head, _status(c["status"]), f" {c.get('key', '')}{error}"))

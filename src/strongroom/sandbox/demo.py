@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from strongroom.config import load_config
@@ -194,7 +195,9 @@ def _summary(result: DemoResult) -> None:
     out.print()
     if result.preflight_refused:
         first = result.preflight_refused.split(". ")[0]
-        out.print(f"[yellow]Application role refused, as expected:[/] {first}.", soft_wrap=True)
+        out.print(
+            f"[yellow]Application role refused, as expected:[/] {escape(first)}.", soft_wrap=True
+        )
     out.print(
         f"[bold]Backup {b.get('id')}[/]: {b.get('status')}, "
         f"{render.size(b.get('raw_size_bytes'))} dumped → {render.size(b.get('size_bytes'))} "
@@ -211,7 +214,7 @@ def _summary(result: DemoResult) -> None:
             copy["key"],
             render.size(copy["size_bytes"]),
             f"{float(copy['duration_seconds'] or 0):.1f}s",
-            ("[green]ok[/] " if ok else "[red]FAIL[/] ") + detail,
+            ("[green]ok[/] " if ok else "[red]FAIL[/] ") + escape(detail),
         )
     out.print(copies)
     rows = Table("table", "rows in backup", "rows restored", "digest")
