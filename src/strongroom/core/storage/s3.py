@@ -459,7 +459,8 @@ class S3Location(Location):
             signature_version="s3v4",
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
-            retries={"mode": "standard", "max_attempts": attempts},
+            # total_max_attempts counts the first try too; botocore's "max_attempts" would not
+            retries={"mode": "standard", "total_max_attempts": attempts},
             s3=cast("Any", {"addressing_style": self.addressing_style}),
             tcp_keepalive=True,
             # boto3 >= 1.36 sends CRC checksum headers B2, R2 and SeaweedFS reject.
