@@ -168,10 +168,15 @@ def _cloud_spec(source: Mapping[str, Any], name: str, required: bool) -> Locatio
         opts["region"] = region or "us-east-005"
         if not opts["endpoint_url"] and region:
             opts["endpoint_url"] = b2_endpoint(str(region))
-    for key in ("max_attempts", "connect_timeout", "read_timeout", "part_size"):
+    for key in ("max_attempts", "part_retries", "connect_timeout", "read_timeout", "part_size"):
         value = _get(source, f"{env}_{key.upper()}")
-        if value is not None:
+        if value is None:
+            continue
+        try:
             opts[key] = float(value) if "timeout" in key else int(value)
+        except (TypeError, ValueError):
+            kind = "a number of seconds" if "timeout" in key else "a whole number"
+            raise ConfigError(f"{env}_{key.upper()} must be {kind}, got {value!r}") from None
     missing = [f"{env}_{v}" for v in _CLOUD_VARS if not _get(source, f"{env}_{v}")]
     if not opts["endpoint_url"]:
         missing.append(

@@ -11,6 +11,7 @@ import pytest
 
 from strongroom.config import LocationSpec, load_config
 from strongroom.core.storage.s3 import S3Location
+from strongroom.errors import ConfigError
 from strongroom.services.runtime import build_locations
 
 CREDENTIALS = {
@@ -118,3 +119,31 @@ def test_clients_send_checksums_only_when_the_operation_requires_them() -> None:
     assert client.meta.endpoint_url == "https://0123abcd.r2.cloudflarestorage.com"
     assert client.meta.config.s3 is not None
     assert client.meta.config.s3.get("addressing_style") == "path"
+
+
+def test_retry_budgets_and_timeouts_come_from_the_environment() -> None:
+    settings = {
+        **CREDENTIALS,
+        "STRONGROOM_LOCATIONS": "r2",
+        "R2_ACCOUNT_ID": "0123abcd",
+        "R2_MAX_ATTEMPTS": "5",
+        "R2_PART_RETRIES": "0",
+        "R2_READ_TIMEOUT": "2.5",
+        "R2_PART_SIZE": str(32 << 20),
+    }
+    loc = _built(settings, "r2")
+    assert (loc.max_attempts, loc.part_retries, loc.read_timeout, loc.part_size) == (
+        5,
+        0,
+        2.5,
+        32 << 20,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "kind"),
+    [("B2_PART_RETRIES", "three", "a whole number"), ("B2_READ_TIMEOUT", "1m", "a number")],
+)
+def test_a_malformed_number_names_its_variable(name: str, value: str, kind: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name} must be {kind}.*got '{value}'$"):
+        load_config({**CREDENTIALS, "B2_REGION": "us-west-004", name: value})
