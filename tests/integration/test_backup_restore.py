@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import secrets
 import sqlite3
@@ -757,3 +758,57 @@ def test_manage_py_strongroom_backs_up_and_lists_with_the_catalog_in_the_project
         assert "strongroom exited" not in manage("strongroom", "show", doc["id"]).stderr
     finally:
         pg_cluster.drop_database(project)
+
+
+# -- progress on a terminal --------------------------------------------------------------------
+
+
+def _on_a_terminal(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """Run the command with stderr on a pseudo-terminal; return (exit, stdout, terminal text)."""
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [str(CLI), *args],
+            env={**env, "COLUMNS": "120", "TERM": "xterm"},
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+        )
+        os.close(terminal)
+        chunks: list[bytes] = []
+        while True:
+            try:
+                data = os.read(controller, 65536)
+            except OSError:  # EIO: the command closed its end
+                break
+            if not data:
+                break
+            chunks.append(data)
+        stdout = proc.stdout.read() if proc.stdout else ""
+        code = proc.wait(timeout=180)
+    finally:
+        os.close(controller)
+    text = b"".join(chunks).decode(errors="replace")
+    return code, stdout, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # colours and cursor moves
+
+
+def test_long_operations_show_bytes_and_rate_on_a_terminal_and_nothing_when_piped(
+    cli: Cli, env: dict[str, str], new_db: Callable[[], str]
+) -> None:
+    # label, bytes done of the total ("?" for a dump's unknown size), then the rate ("?" until
+    # it has a sample)
+    amount = r"\s.*[\d.]+/(\?|[\d.]+) (bytes|[KMG]iB)\s+(\?|[\d.]+ [KMG]?B/s)"
+    code, _, shown = _on_a_terminal(env, "backup")
+    assert code == 0, shown
+    assert re.search(r"backup" + amount, shown), shown
+    code, _, shown = _on_a_terminal(env, "verify", "--latest")
+    assert code == 0, shown
+    assert re.search(r"verify local" + amount, shown), shown
+    code, _, shown = _on_a_terminal(env, "restore", "--latest", "--target", new_db())
+    assert code == 0, shown
+    assert re.search(r"download\+verify" + amount, shown), shown
+    for args in (("verify", "--latest", "--no-progress"), ("verify", "--latest", "--json")):
+        code, _, shown = _on_a_terminal(env, *args)
+        assert (code, shown) == (0, ""), shown
+    piped = cli("verify", "--latest")
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr

@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="re-read every copy, check SHA-256 and authentication")
     _json(v)
     _which(v)
+    v.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     r = sub.add_parser("restore", help="restore a backup into a database")
     _json(r)

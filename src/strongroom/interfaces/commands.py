@@ -63,7 +63,9 @@ def show(args: argparse.Namespace, config: Config) -> int:
 
 
 def verify(args: argparse.Namespace, config: Config) -> int:
-    report = verify_service.verify_backup(config, None if args.latest else args.id)
+    show = not (args.json or args.no_progress)
+    with render.progress_per(show) as update:
+        report = verify_service.verify_backup(config, None if args.latest else args.id, update)
     if args.json:
         doc = store.backup_to_dict(store.get_backup(report.id))
         doc["checks"] = [vars(c) for c in report.copies]

@@ -13,6 +13,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TransferSpeedColumn,
@@ -60,6 +61,32 @@ def progress(
     with bar:
         task = bar.add_task(label, total=total)
         yield lambda done: bar.update(task, completed=done)
+
+
+@contextmanager
+def progress_per(enabled: bool) -> Iterator[Callable[[str, int, int | None], None]]:
+    """Yield ``update(label, bytes_done, total)``: one bar per label (e.g. per copy verified)."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda label, done, total: None
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def update(label: str, done: int, total: int | None) -> None:
+        if label not in tasks:
+            tasks[label] = bar.add_task(label, total=total)
+        bar.update(tasks[label], completed=done)
+
+    with bar:
+        yield update
 
 
 def backups_table(rows: list[dict[str, Any]]) -> None:

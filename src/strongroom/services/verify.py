@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -49,7 +50,12 @@ def load_manifest(loc: Location, manifest_key: str, runtime: Runtime) -> Manifes
 
 
 def check_copy(
-    runtime: Runtime, loc: Location, key: str, manifest_key: str, expected_sha256: str
+    runtime: Runtime,
+    loc: Location,
+    key: str,
+    manifest_key: str,
+    expected_sha256: str,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[CopyCheck, Manifest | None]:
     """Full read-back of one copy against the catalog's checksum and the copy's manifest."""
     try:
@@ -61,7 +67,11 @@ def check_copy(
             )
         codec = get_codec(manifest.codec, manifest.codec_level)
         back = read_back(
-            loc.open_reader(key), runtime.keyring, codec, expected_sha256=manifest.sha256
+            loc.open_reader(key),
+            runtime.keyring,
+            codec,
+            expected_sha256=manifest.sha256,
+            progress=progress,
         )
         if back.raw_size != manifest.raw_size:
             raise IntegrityError(
@@ -76,7 +86,13 @@ def check_copy(
     return CopyCheck(loc.name, True, f"sha256 {back.sha256[:16]}... ok", "VERIFIED"), manifest
 
 
-def verify_backup(config: Config, backup_id: str | None) -> VerifyReport:
+#: ``progress(location, stored bytes read, stored size)`` while a copy is read back.
+CopyProgress = Callable[[str, int, int | None], None]
+
+
+def verify_backup(
+    config: Config, backup_id: str | None, progress: CopyProgress | None = None
+) -> VerifyReport:
     """Verify the given (or latest restorable) backup in every location that holds a copy."""
     runtime = Runtime.build(config)
     backup = store.get_backup(backup_id or latest_of_configured_database(runtime))
@@ -93,7 +109,14 @@ def verify_backup(config: Config, backup_id: str | None) -> VerifyReport:
         except StrongroomError as exc:
             report.copies.append(CopyCheck(copy.location, False, str(exc), "UNREACHABLE"))
             continue
-        check, _ = check_copy(runtime, loc, copy.key, copy.manifest_key, backup.checksum)
+        check, _ = check_copy(
+            runtime,
+            loc,
+            copy.key,
+            copy.manifest_key,
+            backup.checksum,
+            _progress_of(progress, copy.location, copy.size_bytes),
+        )
         report.copies.append(check)
         if check.status == "UNREACHABLE":
             continue  # no evidence about the stored bytes (a wrong key, a location down)
@@ -108,6 +131,14 @@ def verify_backup(config: Config, backup_id: str | None) -> VerifyReport:
         verified_at=datetime.now(UTC) if report.ok else None,
     )
     return report
+
+
+def _progress_of(
+    progress: CopyProgress | None, location: str, size: int | None
+) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    return lambda done: progress(f"verify {location}", done, size or None)
 
 
 def _absent_reasons(report: VerifyReport) -> str:
