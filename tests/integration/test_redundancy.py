@@ -645,9 +645,9 @@ def test_a_corrupt_copy_is_named_by_verify_and_restore_falls_back_to_a_good_one(
 
     done = cli("verify", backup_id)
     assert done.returncode == 4
-    out = done.stdout.splitlines()
-    assert out[1].startswith("ok   local ") and out[2].startswith("ok   r2 ")
-    assert out[0].startswith("FAIL b2       corrupt: "), out[0]
+    out = done.stdout.splitlines()  # copies in the configured order
+    assert out[0].startswith("ok   local ") and out[1].startswith("ok   r2 ")
+    assert out[2].startswith("FAIL b2       corrupt: "), out[2]
     assert out[-1] == f"backup {backup_id}: PARTIAL"
     assert _error_line(done).startswith(
         f"strongroom: error: backup {backup_id} failed verification: b2: corrupt: "

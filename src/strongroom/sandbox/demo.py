@@ -56,6 +56,11 @@ class DemoResult:
     tables: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     digests_equal: bool = False
     differing: list[str] = field(default_factory=list)
+    #: Where the cluster lives and SeaweedFS's process group, for ``--keep``'s stop script.
+    pg_dir: str = ""
+    s3_pid: int = 0
+    s3_ports: list[int] = field(default_factory=list)
+    cluster: PgCluster | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,31 +78,60 @@ def run_demo(scale: int = 1, keep: bool = False) -> int:
         render.err.print("strongroom: error: --scale must be 1 or more")
         return 2
     base = Path(tempfile.mkdtemp(prefix="strongroom-demo-"))
+    kept = False
     try:
         with ExitStack() as servers:
-            result = _run(base, scale, servers, keep)
-            if keep:
-                servers.pop_all()  # leave them running for the operator to explore
+            result = _run(base, scale, servers)
+            if keep:  # only a demo that ran to the end is handed over; a failed one is cleaned
+                _hand_over(servers, base, result)
+                kept = True
     except StrongroomError as exc:
         render.err.print(f"strongroom: error: demo failed: {exc}")
         return exc.exit_code
     finally:
-        if not keep:
+        if not kept:
             shutil.rmtree(base, ignore_errors=True)
     _summary(result)
     if keep:
         out.print(
             f"\nServers left running; settings in {base / 'strongroom.env'} (mode 0600): "
             f"[bold]set -a; . {base / 'strongroom.env'}; set +a[/] then try "
-            "[bold]strongroom list[/]."
+            f"[bold]strongroom list[/]. Stop them and remove their files with "
+            f"[bold]sh {base / 'stop.sh'}[/]."
         )
     return 0 if result.ok else 1
 
 
-def _run(base: Path, scale: int, servers: ExitStack, keep: bool) -> DemoResult:
+def _hand_over(servers: ExitStack, base: Path, result: DemoResult) -> None:
+    """Leave the servers running past this process, with a script that stops them."""
+    assert result.cluster is not None
+    result.cluster.keep = True  # not stopped by its atexit hook either
+    servers.pop_all()
+    _write_stop_script(base, result)
+
+
+def _write_stop_script(base: Path, result: DemoResult) -> None:
+    """``stop.sh``: stop the servers ``--keep`` left running and remove every file they used."""
+    lines = ["#!/bin/sh", "# Stops the servers of `strongroom demo --keep`, removes their files."]
+    if result.pg_dir:
+        pidfile = f"{result.pg_dir}/data/postmaster.pid"
+        lines.append(f"kill -INT \"$(head -n 1 '{pidfile}')\" 2>/dev/null")  # fast shutdown
+    if result.s3_pid:
+        lines.append(f"kill -KILL -{result.s3_pid} 2>/dev/null")  # its process group
+        sockets = " ".join(f"/tmp/seaweedfs-*-{port}.sock" for port in result.s3_ports)
+        lines.append(f"rm -f {sockets}")  # weed puts its unix sockets in /tmp
+    lines += ["sleep 2", f"rm -rf '{result.pg_dir}' '{base}'", ""]
+    script = base / "stop.sh"
+    script.write_text("\n".join(lines))
+    script.chmod(0o700)
+
+
+def _run(base: Path, scale: int, servers: ExitStack) -> DemoResult:
     result = DemoResult()
     with _step("Starting a throwaway PostgreSQL cluster"):
-        cluster = servers.enter_context(PgCluster(keep=keep))
+        cluster = servers.enter_context(PgCluster())
+        result.cluster = cluster
+        result.pg_dir = str(cluster.base_dir)
     with _step(f"Creating the multi-tenant shop (RLS forced), scale {scale}"):
         demo = create_demo_database(
             cluster.url(),
@@ -111,6 +145,8 @@ def _run(base: Path, scale: int, servers: ExitStack, keep: bool) -> DemoResult:
         s3 = servers.enter_context(
             SeaweedServer(base / "seaweed", buckets=("r2-backups", "b2-backups"))
         )
+        result.s3_pid = s3.pid or 0
+        result.s3_ports = s3.ports.all()
     result.preflight_refused = _preflight_as_app(demo)
     settings = _settings(base, cluster, demo, s3)
     config = load_config(settings)

@@ -227,9 +227,13 @@ class PgCluster:
         self._running = False
 
     def close(self) -> None:
-        """Stop (forcefully if need be) and delete every file, unless ``keep`` was asked for."""
+        """Stop (forcefully if need be) and delete every file; with ``keep``, leave both be.
+
+        ``keep`` is for handing a running server over to someone (``strongroom demo --keep``):
+        the server stays up and its files stay in place after this process exits.
+        """
         atexit.unregister(self.close)
-        if self._base is None:
+        if self._base is None or self.keep:
             return
         if self._running:
             try:
@@ -238,9 +242,8 @@ class PgCluster:
                 with contextlib.suppress(PostgresError):
                     self.stop(mode="immediate", timeout=30)
             self._running = False
-        if not self.keep:
-            shutil.rmtree(self._base, ignore_errors=True)
-            self._base = None
+        shutil.rmtree(self._base, ignore_errors=True)
+        self._base = None
 
     # -- SQL -------------------------------------------------------------------------------
 

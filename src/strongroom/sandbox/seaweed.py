@@ -223,6 +223,7 @@ class SeaweedServer:
     def argv(self) -> list[str]:
         return [
             self.weed,
+            f"-logdir={self.root / 'logs'}",  # glog writes to the temp dir otherwise
             "mini",
             f"-dir={self.data_dir}",
             f"-ip={_HOST}",
@@ -232,6 +233,7 @@ class SeaweedServer:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.telemetry=false",
+            "-webdav=false",  # unused, and its chunk cache would litter the temp dir
         ]
 
     def start(self) -> SeaweedServer:
@@ -255,6 +257,7 @@ class SeaweedServer:
 
     def _start_once(self) -> SeaweedServer:
         self.data_dir.mkdir(exist_ok=True)
+        (self.root / "logs").mkdir(exist_ok=True)
         began = time.monotonic()
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== start {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
@@ -273,6 +276,7 @@ class SeaweedServer:
                 self.create_bucket(bucket)
         except BaseException:
             self.stop()
+            self._remove_sockets()
             raise
         self.startup_seconds = time.monotonic() - began
         self._started_before = True

@@ -97,8 +97,10 @@ def verify_backup(
     runtime = Runtime.build(config)
     backup = store.get_backup(backup_id or latest_of_configured_database(runtime))
     report = VerifyReport(backup.id, backup.status)
-    configured = {spec.name for spec in config.locations}
-    for copy in store.copies_of(backup.id):
+    order = {spec.name: i for i, spec in enumerate(config.locations)}
+    configured = set(order)
+    copies = sorted(store.copies_of(backup.id), key=lambda c: order.get(c.location, len(order)))
+    for copy in copies:  # in the configured order, as restore tries them
         if copy.status == "FAILED" and copy.location in configured:
             why = copy.error.removeprefix(f"{copy.location}: ")
             report.absent[copy.location] = why or "the backup could not store it"
