@@ -90,7 +90,8 @@ class Celeryd:
     procs: list[Proc] = field(default_factory=list)
 
     def _start(self, name: str, argv: list[str], extra_env: dict[str, str] | None) -> Proc:
-        env = {**self.env, **(extra_env or {})}
+        # TMPDIR: what a SIGKILLed process cannot clean up (multiprocessing's pymp-*) stays here
+        env = {**self.env, "TMPDIR": str(self.tmp), **(extra_env or {})}
         log = self.tmp / f"{name}.log"
         handle = log.open("wb")
         popen = subprocess.Popen(
