@@ -46,21 +46,8 @@ def progress(
     label: str, enabled: bool, total: int | None = None
 ) -> Iterator[Callable[[int], None]]:
     """Yield ``update(bytes_done)``; draws bytes and rate on a terminal, nothing otherwise."""
-    if not enabled or not sys.stderr.isatty():
-        yield lambda done: None
-        return
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
-    with bar:
-        task = bar.add_task(label, total=total)
-        yield lambda done: bar.update(task, completed=done)
+    with progress_per(enabled) as update:
+        yield lambda done: update(label, done, total)
 
 
 @contextmanager
