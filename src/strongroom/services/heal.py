@@ -30,7 +30,7 @@ from strongroom.core.storage.base import Location
 from strongroom.errors import IntegrityError, ObjectNotFound, StorageError, StrongroomError
 from strongroom.services.prune import pending_deletions
 from strongroom.services.runtime import Runtime
-from strongroom.services.verify import CopyCheck, check_copy
+from strongroom.services.verify import CopyCheck, absent_copies, check_copy
 
 log = logging.getLogger("strongroom.heal")
 
@@ -239,9 +239,8 @@ class _BackupHeal:
 
     def _settle_status(self) -> None:
         """A backup whose every live copy now verifies, and that lacks none, is VERIFIED again."""
-        configured = {loc.name for loc in self.rt.locations} | set(self.rt.unconfigured)
         rows = store.copies_of(self.id)
-        if any(c.status == "FAILED" and c.location in configured for c in rows):
+        if absent_copies(self.rt.config, rows):
             return  # a configured location still holds no copy: the backup stays PARTIAL
         live = [c for c in rows if c.status not in ("DELETED", "FAILED")]
         if live and all(c.status == "VERIFIED" for c in live) and self.backup.status != "VERIFIED":

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from strongroom.catalog import store
 from strongroom.config import Config
@@ -16,6 +17,9 @@ from strongroom.core.storage.base import Location
 from strongroom.errors import IntegrityError, ObjectNotFound, StrongroomError
 from strongroom.services.discovery import latest_of_configured_database
 from strongroom.services.runtime import Runtime
+
+if TYPE_CHECKING:
+    from strongroom.models import BackupCopy
 
 log = logging.getLogger("strongroom.verify")
 
@@ -98,12 +102,9 @@ def verify_backup(
     backup = store.get_backup(backup_id or latest_of_configured_database(runtime))
     report = VerifyReport(backup.id, backup.status)
     order = {spec.name: i for i, spec in enumerate(config.locations)}
-    configured = set(order)
     copies = sorted(store.copies_of(backup.id), key=lambda c: order.get(c.location, len(order)))
+    report.absent = absent_copies(config, copies)
     for copy in copies:  # in the configured order, as restore tries them
-        if copy.status == "FAILED" and copy.location in configured:
-            why = copy.error.removeprefix(f"{copy.location}: ")
-            report.absent[copy.location] = why or "the backup could not store it"
         if copy.status in ("FAILED", "DELETED", "PENDING"):
             continue
         try:
@@ -133,6 +134,19 @@ def verify_backup(
         verified_at=datetime.now(UTC) if report.ok else None,
     )
     return report
+
+
+def absent_copies(config: Config, copies: Iterable[BackupCopy]) -> dict[str, str]:
+    """Configured locations where the backup's run failed to store a copy, with the reason.
+
+    Such a backup is PARTIAL however well its other copies verify, until ``heal`` fills them.
+    """
+    configured = {spec.name for spec in config.locations}
+    return {
+        c.location: c.error.removeprefix(f"{c.location}: ") or "the backup could not store it"
+        for c in copies
+        if c.status == "FAILED" and c.location in configured
+    }
 
 
 def _progress_of(
