@@ -56,11 +56,9 @@ class DemoResult:
     tables: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     digests_equal: bool = False
     differing: list[str] = field(default_factory=list)
-    #: Where the cluster lives and SeaweedFS's process group, for ``--keep``'s stop script.
-    pg_dir: str = ""
-    s3_pid: int = 0
-    s3_ports: list[int] = field(default_factory=list)
+    #: The servers, handed over (and stopped by ``stop.sh``) with ``--keep``.
     cluster: PgCluster | None = None
+    s3: SeaweedServer | None = None
 
     @property
     def ok(self) -> bool:
@@ -104,23 +102,25 @@ def run_demo(scale: int = 1, keep: bool = False) -> int:
 
 def _hand_over(servers: ExitStack, base: Path, result: DemoResult) -> None:
     """Leave the servers running past this process, with a script that stops them."""
-    assert result.cluster is not None
+    assert result.cluster is not None and result.s3 is not None
     result.cluster.keep = True  # not stopped by its atexit hook either
     servers.pop_all()
-    _write_stop_script(base, result)
+    _write_stop_script(base, result.cluster, result.s3)
 
 
-def _write_stop_script(base: Path, result: DemoResult) -> None:
+def _write_stop_script(base: Path, cluster: PgCluster, s3: SeaweedServer) -> None:
     """``stop.sh``: stop the servers ``--keep`` left running and remove every file they used."""
-    lines = ["#!/bin/sh", "# Stops the servers of `strongroom demo --keep`, removes their files."]
-    if result.pg_dir:
-        pidfile = f"{result.pg_dir}/data/postmaster.pid"
-        lines.append(f"kill -INT \"$(head -n 1 '{pidfile}')\" 2>/dev/null")  # fast shutdown
-    if result.s3_pid:
-        lines.append(f"kill -KILL -{result.s3_pid} 2>/dev/null")  # its process group
-        sockets = " ".join(f"/tmp/seaweedfs-*-{port}.sock" for port in result.s3_ports)
-        lines.append(f"rm -f {sockets}")  # weed puts its unix sockets in /tmp
-    lines += ["sleep 2", f"rm -rf '{result.pg_dir}' '{base}'", ""]
+    sockets = " ".join(f"/tmp/seaweedfs-*-{port}.sock" for port in s3.ports.all())
+    lines = [
+        "#!/bin/sh",
+        "# Stops the servers of `strongroom demo --keep`, removes their files.",
+        f"kill -INT \"$(head -n 1 '{cluster.data_dir}/postmaster.pid')\" 2>/dev/null",  # fast
+        f"kill -KILL -{s3.pid} 2>/dev/null",  # its process group
+        f"rm -f {sockets}",  # weed puts its unix sockets in /tmp
+        "sleep 2",
+        f"rm -rf '{cluster.base_dir}' '{base}'",
+        "",
+    ]
     script = base / "stop.sh"
     script.write_text("\n".join(lines))
     script.chmod(0o700)
@@ -131,7 +131,6 @@ def _run(base: Path, scale: int, servers: ExitStack) -> DemoResult:
     with _step("Starting a throwaway PostgreSQL cluster"):
         cluster = servers.enter_context(PgCluster())
         result.cluster = cluster
-        result.pg_dir = str(cluster.base_dir)
     with _step(f"Creating the multi-tenant shop (RLS forced), scale {scale}"):
         demo = create_demo_database(
             cluster.url(),
@@ -145,8 +144,7 @@ def _run(base: Path, scale: int, servers: ExitStack) -> DemoResult:
         s3 = servers.enter_context(
             SeaweedServer(base / "seaweed", buckets=("r2-backups", "b2-backups"))
         )
-        result.s3_pid = s3.pid or 0
-        result.s3_ports = s3.ports.all()
+        result.s3 = s3
     result.preflight_refused = _preflight_as_app(demo)
     settings = _settings(base, cluster, demo, s3)
     config = load_config(settings)
