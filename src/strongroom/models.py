@@ -14,6 +14,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from strongroom.core.status import RESTORABLE, BackupStatus, CopyStatus
+
 if TYPE_CHECKING:
     # mypy runs without the django-stubs plugin: fields are annotated with these aliases.
     from django.db.models.fields.related_descriptors import RelatedManager
@@ -28,7 +30,12 @@ if TYPE_CHECKING:
     OptWhen = models.DateTimeField[datetime | None, datetime | None]
     Json = models.JSONField[dict[str, Any], dict[str, Any]]
 
-RESTORABLE_STATUSES = ("COMPLETED", "PARTIAL", "VERIFIED")
+
+
+def _choices(name: str, vocabulary: type[BackupStatus] | type[CopyStatus]) -> Any:
+    """Django choices built from the core vocabulary, so the statuses are spelled once."""
+    members = [(m.name, (m.value, m.label)) for m in vocabulary]
+    return models.TextChoices(name, members)  # type: ignore[call-overload]
 
 
 class Backup(models.Model):
@@ -39,13 +46,7 @@ class Backup(models.Model):
         TENANT_BACKUP = "TENANT_BACKUP", "Tenant backup"
         WAL_ARCHIVE = "WAL_ARCHIVE", "WAL archive"
 
-    class Status(models.TextChoices):
-        IN_PROGRESS = "IN_PROGRESS", "In progress"
-        COMPLETED = "COMPLETED", "Completed"
-        PARTIAL = "PARTIAL", "Partial"
-        VERIFIED = "VERIFIED", "Verified"
-        FAILED = "FAILED", "Failed"
-        SKIPPED = "SKIPPED", "Skipped"
+    Status = _choices("Status", BackupStatus)
 
     id: Str = models.CharField(primary_key=True, max_length=64, editable=False)
     backup_type: Str = models.CharField(
@@ -115,20 +116,13 @@ class Backup(models.Model):
 
     @property
     def is_restorable(self) -> bool:
-        return self.status in RESTORABLE_STATUSES
+        return self.status in RESTORABLE
 
 
 class BackupCopy(models.Model):
     """One backup's object in one location (local, r2, b2, ...)."""
 
-    class Status(models.TextChoices):
-        PENDING = "PENDING", "Pending"
-        STORED = "STORED", "Stored"
-        VERIFIED = "VERIFIED", "Verified"
-        FAILED = "FAILED", "Failed"
-        CORRUPT = "CORRUPT", "Corrupt"
-        MISSING = "MISSING", "Missing"
-        DELETED = "DELETED", "Deleted"
+    Status = _choices("Status", CopyStatus)
 
     backup: models.ForeignKey[Backup, Backup] = models.ForeignKey(
         Backup, on_delete=models.CASCADE, related_name="copies"

@@ -25,6 +25,7 @@ from celery import Task, shared_task
 
 from strongroom.conf import current_config
 from strongroom.config import Config, TaskSettings
+from strongroom.core.status import VERIFIABLE
 from strongroom.schedule import (
     BACKUP_TASK,
     HEAL_TASK,
@@ -42,8 +43,6 @@ from strongroom.services import notify
 
 log = logging.getLogger("strongroom.tasks")
 
-#: Statuses worth verifying: a SKIPPED or FAILED run has no copies to read.
-_VERIFIABLE = ("COMPLETED", "PARTIAL", "VERIFIED")
 
 
 class StrongroomTask(Task):  # type: ignore[type-arg]
@@ -138,7 +137,7 @@ def daily_full_database_backup(
         _report_dead_runs(config, suspects, outbox)
     log.info("backup %s (job %s): %s", report.id, job_id or "-", report.status)
     wants_verify = ts.verify_after if verify is None else verify
-    if wants_verify and not direct and report.status in _VERIFIABLE:
+    if wants_verify and not direct and report.status in VERIFIABLE:
         verify_backup.apply_async((report.id,))
     return report.id
 
@@ -159,7 +158,7 @@ def verify_backup(self: StrongroomTask, backup_id: str | None = None) -> str:
         try:
             if backup_id:
                 status = store.get_backup(backup_id).status
-                if status not in _VERIFIABLE:
+                if status not in VERIFIABLE:
                     log.info("backup %s is %s: nothing to verify", backup_id, status)
                     return str(status)
             report = run_verify(config, backup_id)
@@ -279,14 +278,15 @@ def _report_dead_runs(config: Config, suspects: list[str], outbox: notify.Outbox
     if not suspects:
         return
     from strongroom.catalog import store
-    from strongroom.services.backup import _DEAD_REASON
+    from strongroom.core.status import BackupStatus, FailureCause
 
     for backup_id in suspects:
         try:
             record = store.get_backup(backup_id)
         except Exception:
             continue
-        if record.status == "FAILED" and str(record.error).startswith(_DEAD_REASON):
+        dead = store.failure_cause(record) == FailureCause.DEAD_RUN
+        if record.status == BackupStatus.FAILED and dead:
             note = "recorded FAILED by the next run of this database"
             outbox.add(config, backup_id, "FAILED", str(record.error), note=note)
 

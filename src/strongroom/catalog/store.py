@@ -1,9 +1,10 @@
 """The only place services touch the ORM: small typed functions over the catalog models.
 
-Statuses are plain strings (the models' choices): a backup is ``IN_PROGRESS`` while it runs,
-then ``COMPLETED``, ``PARTIAL`` (an optional location failed), ``FAILED`` or ``SKIPPED`` (another
-run held the database), and ``VERIFIED`` once every live copy has been read back. A copy is
-``PENDING``, ``STORED``, ``VERIFIED``, ``FAILED``, ``CORRUPT``, ``MISSING`` or ``DELETED``.
+Statuses come from :mod:`strongroom.core.status`, which also builds the models' choices: a
+backup is ``IN_PROGRESS`` while it runs, then ``COMPLETED``, ``PARTIAL`` (an optional location
+failed), ``FAILED`` or ``SKIPPED`` (another run held the database), and ``VERIFIED`` once every
+live copy has been read back. A copy is ``PENDING``, ``STORED``, ``VERIFIED``, ``FAILED``,
+``CORRUPT``, ``MISSING`` or ``DELETED``.
 
 Importing this module does not need Django; the first call sets the catalog up if nobody has
 (:func:`strongroom.catalog.bootstrap.ensure_django`). Every timestamp is timezone-aware UTC.
@@ -23,16 +24,23 @@ from django.db import IntegrityError as DbIntegrityError
 from django.db import transaction
 from django.db.models import Q
 
+from strongroom.core.status import (
+    DATA_COPY,
+    LIVE_COPY_EXCLUDES,
+    PROBLEM,
+    RESTORABLE,
+    RUNNING,
+    USABLE_COPY,
+    BackupStatus,
+    CopyStatus,
+    FailureCause,
+)
 from strongroom.errors import BackupNotFound
 
 if TYPE_CHECKING:
     from strongroom.core.manifest import Manifest
     from strongroom.models import Backup, BackupCopy, BackupEvent
 
-RESTORABLE_STATUSES = ("COMPLETED", "PARTIAL", "VERIFIED")
-#: Copy statuses whose object holds (or held, and heal can restore) the backup's data.
-DATA_COPY_STATUSES = ("STORED", "VERIFIED", "CORRUPT", "MISSING")
-USABLE_COPY_STATUSES = ("STORED", "VERIFIED")
 #: The seed's per-location path fields, kept filled for code written against the seed.
 SEED_PATH_FIELDS = {"local": "local_path", "r2": "r2_path", "b2": "b2_path"}
 KIND_TO_TYPE = {"full": "FULL_DATABASE", "tenant": "TENANT_BACKUP", "wal": "WAL_ARCHIVE"}
@@ -101,7 +109,7 @@ def start_backup(
         "backup_job_id": job_id or "",
         "created_by_id": created_by_id,
         "metadata": dict(metadata or {}),
-        "status": "IN_PROGRESS",
+        "status": BackupStatus.IN_PROGRESS,
         "created_at": at,
         "started_at": at,
         "heartbeat_at": at,
@@ -162,7 +170,7 @@ def finish_backup(backup_id: str, *, status: str, error: str = "", **fields: Any
         for name, value in fields.items():
             setattr(backup, name, value)
         backup.save()
-        if status in ("FAILED", "PARTIAL", "SKIPPED"):
+        if status in PROBLEM:
             record_event(backup_id, status.lower(), message=error)
     return backup
 
@@ -209,7 +217,7 @@ def record_copy(
         "error": error,
         "duration_seconds": duration_seconds,
     }
-    if status == "VERIFIED":
+    if status == CopyStatus.VERIFIED:
         values["verified_at"] = _now()
     with transaction.atomic():
         if not Backup.objects.filter(id=backup_id).exists():
@@ -227,7 +235,7 @@ def _sync_seed_path(backup_id: str, location: str, status: str, key: str) -> Non
     field = SEED_PATH_FIELDS.get(location)
     if field is None:
         return
-    value = key if status in USABLE_COPY_STATUSES else ""
+    value = key if status in USABLE_COPY else ""
     Backup.objects.filter(id=backup_id).update(**{field: value})
 
 
@@ -237,7 +245,7 @@ def record_copy_check(backup_id: str, location: str, *, status: str, error: str 
     _check(status, Copy.Status.values, "copy status")
     at = _now()
     values: dict[str, Any] = {"status": status, "error": error, "updated_at": at}
-    if status == "VERIFIED":
+    if status == CopyStatus.VERIFIED:
         values["verified_at"] = at
     with transaction.atomic():
         if not Copy.objects.filter(backup_id=backup_id, location=location).update(**values):
@@ -283,9 +291,9 @@ def mark_copy_deleted(
     _, Copy, _ = _orm()
     with transaction.atomic():
         Copy.objects.filter(backup_id=backup_id, location=location).update(
-            status="DELETED", error="", updated_at=_now()
+            status=CopyStatus.DELETED, error="", updated_at=_now()
         )
-        _sync_seed_path(backup_id, location, "DELETED", "")
+        _sync_seed_path(backup_id, location, CopyStatus.DELETED, "")
         record_event(backup_id, event, location=location, message=message)
 
 
@@ -304,14 +312,14 @@ def finish_verify(
         if verified_at is not None:
             backup.verified_at = verified_at
         backup.save(update_fields=["status", "error", "verified_at"])
-        kind = "verified" if status == "VERIFIED" else "verify-failed"
+        kind = "verified" if status == BackupStatus.VERIFIED else "verify-failed"
         record_event(backup_id, kind, message=error, data={"status": status})
     return backup
 
 
 def mark_verified(backup_id: str, *, verified_at: datetime | None = None) -> Backup:
     """Every live copy read back and matched: ``VERIFIED``."""
-    return finish_verify(backup_id, status="VERIFIED", verified_at=verified_at or _now())
+    return finish_verify(backup_id, status=BackupStatus.VERIFIED, verified_at=verified_at or _now())
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -338,7 +346,7 @@ def latest_backup(
     if database:
         rows = rows.filter(database=database)
     if restorable:
-        rows = rows.filter(status__in=RESTORABLE_STATUSES)
+        rows = rows.filter(status__in=RESTORABLE)
     if backup_type:
         rows = rows.filter(backup_type=backup_type)
     found = rows.order_by("-created_at", "-id").first()
@@ -364,7 +372,7 @@ def list_backups(database: str | None = None, limit: int | None = 50) -> list[Ba
 def running_backups(database: str | None = None, *, exclude: str | None = None) -> list[str]:
     """Ids of the runs recorded as ``IN_PROGRESS`` (alive or not)."""
     Backup, _, _ = _orm()
-    rows = Backup.objects.filter(status="IN_PROGRESS")
+    rows = Backup.objects.filter(status__in=RUNNING)
     if database:
         rows = rows.filter(database=database)
     if exclude:
@@ -375,8 +383,8 @@ def running_backups(database: str | None = None, *, exclude: str | None = None) 
 def healable_backup_ids() -> list[str]:
     """Finished backups with at least one copy that holds (or should hold) data, newest first."""
     Backup, _, _ = _orm()
-    rows = Backup.objects.exclude(status="IN_PROGRESS").filter(
-        copies__status__in=DATA_COPY_STATUSES
+    rows = Backup.objects.exclude(status__in=RUNNING).filter(
+        copies__status__in=DATA_COPY
     )
     ids = rows.order_by("-created_at", "-id").values_list("id", flat=True)
     return list(dict.fromkeys(ids))
@@ -486,7 +494,7 @@ def stale_in_progress(older_than: timedelta, *, check_pids: bool = True) -> list
     """
     Backup, _, _ = _orm()
     cutoff = _now() - older_than
-    running = Backup.objects.filter(status="IN_PROGRESS")
+    running = Backup.objects.filter(status__in=RUNNING)
     silent = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
     stale = list(running.filter(silent))
     if check_pids:
@@ -512,28 +520,46 @@ def pid_alive(pid: int) -> bool:
         return True  # no /proc (not Linux): kill(0) said it exists
 
 
-def mark_failed(backup_id: str, reason: str) -> bool:
-    """A run found dead becomes ``FAILED`` with ``reason``; False if it had already finished."""
+def mark_failed(
+    backup_id: str, reason: str, *, cause: FailureCause = FailureCause.DEAD_RUN
+) -> bool:
+    """A run found dead becomes ``FAILED`` with ``reason``; False if it had already finished.
+
+    ``cause`` is kept in the metadata (``failure_cause``) so other modules act on the fact,
+    not on the wording of ``reason``.
+    """
     Backup, Copy, _ = _orm()
     with transaction.atomic():
         backup = Backup.objects.select_for_update().filter(id=backup_id).first()
-        if backup is None or backup.status != "IN_PROGRESS":
+        if backup is None or backup.status not in RUNNING:
             return False
         at = _now()
-        backup.status, backup.error, backup.finished_at = "FAILED", reason, at
+        backup.status, backup.error, backup.finished_at = BackupStatus.FAILED, reason, at
         started = backup.started_at or backup.created_at
         backup.backup_duration_seconds = (at - started).total_seconds()
-        backup.save(update_fields=["status", "error", "finished_at", "backup_duration_seconds"])
-        Copy.objects.filter(backup_id=backup_id, status="PENDING").update(
-            status="FAILED", error=reason, updated_at=at
+        backup.metadata = {**(backup.metadata or {}), "failure_cause": str(cause)}
+        backup.save(
+            update_fields=["status", "error", "finished_at", "backup_duration_seconds", "metadata"]
+        )
+        Copy.objects.filter(backup_id=backup_id, status=CopyStatus.PENDING).update(
+            status=CopyStatus.FAILED, error=reason, updated_at=at
         )
         record_event(
             backup_id,
             "marked_failed",
             message=reason,
-            data={"host": backup.host, "pid": backup.pid},
+            data={"host": backup.host, "pid": backup.pid, "cause": str(cause)},
         )
     return True
+
+
+def failure_cause(backup: Backup) -> FailureCause | None:
+    """The recorded cause of a FAILED run (``mark_failed``), or None."""
+    value = (backup.metadata or {}).get("failure_cause")
+    try:
+        return FailureCause(value) if value else None
+    except ValueError:
+        return None
 
 
 def fail_stale(*, older_than: timedelta, reason: str, include_dead_pids: bool = False) -> list[str]:
@@ -548,7 +574,8 @@ def fail_stale(*, older_than: timedelta, reason: str, include_dead_pids: bool = 
         why = reason
         if include_dead_pids and _process_gone(backup):
             why = f"{reason} (process {backup.pid} on {backup.host} is gone)"
-        if mark_failed(backup.id, why):
+        cause = FailureCause.DEAD_RUN if why != reason else FailureCause.STALE_RUN
+        if mark_failed(backup.id, why, cause=cause):
             failed.append(backup.id)
     return failed
 
@@ -606,9 +633,9 @@ def _apply_manifest(backup: Backup, m: Manifest) -> None:
     }
 
 
-_IMPORT_ERRORS = {
-    "MISSING": "object missing from storage (found by catalog rebuild)",
-    "CORRUPT": "object size differs from the manifest (found by catalog rebuild)",
+_IMPORT_ERRORS: dict[str, str] = {
+    CopyStatus.MISSING: "object missing from storage (found by catalog rebuild)",
+    CopyStatus.CORRUPT: "object size differs from the manifest (found by catalog rebuild)",
 }
 
 
@@ -617,8 +644,8 @@ def _import_copy(
 ) -> None:
     _, Copy, _ = _orm()
     row = Copy.objects.filter(backup_id=backup_id, location=location).first()
-    if row is not None and row.status == "VERIFIED" and status == "STORED":
-        status = "VERIFIED"  # the rebuild saw the object; earlier evidence still holds
+    if row is not None and row.status == CopyStatus.VERIFIED and status == CopyStatus.STORED:
+        status = CopyStatus.VERIFIED  # the rebuild saw the object; earlier evidence still holds
     Copy.objects.update_or_create(
         backup_id=backup_id,
         location=location,
@@ -626,7 +653,7 @@ def _import_copy(
             "key": m.object_key,
             "manifest_key": manifest_key,
             "status": status,
-            "size_bytes": m.stored_size if status in USABLE_COPY_STATUSES else None,
+            "size_bytes": m.stored_size if status in USABLE_COPY else None,
             "checksum": m.sha256,
             "error": _IMPORT_ERRORS.get(status, ""),
         },
@@ -637,22 +664,22 @@ def _import_copy(
 def _settle_imported(backup: Backup) -> None:
     """The backup's status from its copies, the same however often it is rebuilt."""
     rows = copies_of(backup.id)
-    live = [c for c in rows if c.status not in ("DELETED", "FAILED", "PENDING")]
-    broken = [c for c in live if c.status not in USABLE_COPY_STATUSES]
-    failed = [c for c in rows if c.status == "FAILED"]
+    live = [c for c in rows if c.status not in LIVE_COPY_EXCLUDES]
+    broken = [c for c in live if c.status not in USABLE_COPY]
+    failed = [c for c in rows if c.status == CopyStatus.FAILED]
     if len(broken) == len(live):
         problems = "; ".join(f"{c.location}: {c.status.lower()}" for c in broken) or "none"
-        backup.status, backup.error = "FAILED", f"no intact copy found ({problems})"
+        backup.status, backup.error = BackupStatus.FAILED, f"no intact copy found ({problems})"
     elif broken:
-        backup.status = "PARTIAL"
+        backup.status = BackupStatus.PARTIAL
         backup.error = "; ".join(f"{c.location}: {c.status.lower()}" for c in broken)
-    elif backup.status == "VERIFIED":
+    elif backup.status == BackupStatus.VERIFIED:
         pass  # every live copy is there; the earlier read-back still holds
     elif failed:  # a location failed when the backup ran
-        backup.status = "PARTIAL"
+        backup.status = BackupStatus.PARTIAL
         backup.error = "; ".join(f"{c.location}: {c.error or 'failed'}" for c in failed)
     else:
-        backup.status, backup.error = "COMPLETED", ""
+        backup.status, backup.error = BackupStatus.COMPLETED, ""
 
 
 # -- output ------------------------------------------------------------------------------------

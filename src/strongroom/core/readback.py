@@ -1,7 +1,9 @@
 """Read a stored object back: hash the stored bytes, authenticate, decrypt and decompress.
 
-Used by verify (output discarded) and restore (output written to a private scratch file that is
-handed to pg_restore only after everything checked out).
+The one read-back primitive: verify (output discarded), restore (output written to a private
+scratch file that is handed to pg_restore only after everything checked out) and heal (a
+source's and a new copy's proof) all call :func:`read_copy`, whatever kind of backup the copy
+holds.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from strongroom.core.codecs import Codec
+from strongroom.core.codecs import Codec, get_codec
 from strongroom.core.crypto import Keyring
+from strongroom.core.manifest import Manifest
+from strongroom.core.storage.base import Location
 from strongroom.core.streams import Reader
 from strongroom.errors import IntegrityError
 
@@ -81,3 +85,42 @@ def read_back(
             f"expected {expected_sha256[:16]}... (corrupt or replaced copy)"
         )
     return ReadBack(digest, hashed.size, raw)
+
+
+def read_copy(
+    location: Location,
+    key: str,
+    manifest_key: str,
+    keyring: Keyring,
+    *,
+    expected_sha256: str = "",
+    sink: Callable[[bytes], object] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Manifest, ReadBack]:
+    """Prove one stored copy whole: manifest authenticated, SHA-256 and decrypted size match.
+
+    ``expected_sha256`` is what the catalog recorded (empty without a catalog). Raises
+    ``ObjectNotFound``, ``IntegrityError``, ``WrongKeyError`` or another ``StrongroomError``;
+    ``sink`` receives the plaintext as it is checked, so it must not trust it before this
+    returns.
+    """
+    manifest = Manifest.from_document(location.get_bytes(manifest_key), keyring)
+    if expected_sha256 and manifest.sha256 != expected_sha256:
+        raise IntegrityError(
+            f"manifest checksum {manifest.sha256[:16]}... differs from the catalog's "
+            f"{expected_sha256[:16]}..."
+        )
+    codec = get_codec(manifest.codec, manifest.codec_level)
+    back = read_back(
+        location.open_reader(key),
+        keyring,
+        codec,
+        expected_sha256=manifest.sha256,
+        sink=sink,
+        progress=progress,
+    )
+    if back.raw_size != manifest.raw_size:
+        raise IntegrityError(
+            f"decrypted size {back.raw_size} differs from the manifest's {manifest.raw_size}"
+        )
+    return manifest, back

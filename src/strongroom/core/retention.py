@@ -8,7 +8,8 @@ retention of each location in days. Rules, applied per database (and per ``serie
 a tenant's backups form their own chain beside the full backups):
 
 1. **Settled copies only.** ``DELETED`` copies are ignored (no decision). A copy of a backup that
-   is still running (backup status in :data:`RUNNING_BACKUP_STATES`) is kept: ``IN_PROGRESS``.
+   is still running (backup status in :data:`strongroom.core.status.RUNNING`) is kept:
+   ``IN_PROGRESS``.
 2. **Unknown location.** A copy in a location with no configured retention is kept
    (``UNKNOWN_LOCATION``): we cannot judge it, and it also counts as *not expired* below, so it
    never lets the other copies of its backup expire "everywhere".
@@ -59,12 +60,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-#: Backup statuses meaning "a run is still writing this backup".
-RUNNING_BACKUP_STATES = frozenset({"PENDING", "IN_PROGRESS", "RUNNING"})
-#: Copy statuses whose object (may) hold the backup's data.
-DATA_COPY_STATES = frozenset({"STORED", "VERIFIED", "CORRUPT", "MISSING"})
-#: Copy statuses that never held restorable data.
-FAILED_COPY_STATES = frozenset({"FAILED", "PENDING"})
+from strongroom.core.status import DATA_COPY, RUNNING, BackupStatus, CopyStatus
 
 Clock = Callable[[], datetime]
 
@@ -118,7 +114,7 @@ class CopyFacts:
 
     @property
     def holds_data(self) -> bool:
-        return self.copy_status in DATA_COPY_STATES
+        return self.copy_status in DATA_COPY
 
 
 @dataclass(frozen=True)
@@ -181,7 +177,7 @@ def evaluate(
     """Decide every non-deleted copy (see the module docstring for the rules)."""
     if now.tzinfo is None:
         raise ValueError("the retention clock must return an aware datetime (UTC)")
-    live = [c for c in copies if c.copy_status != "DELETED"]
+    live = [c for c in copies if c.copy_status != CopyStatus.DELETED]
     by_backup: dict[str, list[CopyFacts]] = defaultdict(list)
     for c in live:
         by_backup[c.backup_id].append(c)
@@ -207,14 +203,14 @@ def _protected(live: Sequence[CopyFacts]) -> dict[str, Reason]:
     protected: dict[str, Reason] = {}
     for group in by_database.values():
         verified = [
-            _newest(c for c in group if c.backup_status == "VERIFIED"),
-            _newest(c for c in group if c.copy_status == "VERIFIED"),
+            _newest(c for c in group if c.backup_status == BackupStatus.VERIFIED),
+            _newest(c for c in group if c.copy_status == CopyStatus.VERIFIED),
         ]
         found = [c for c in verified if c is not None]
         for c in found:
             protected[c.backup_id] = Reason.NEWEST_VERIFIED
         if not found:
-            restorable = _newest(c for c in group if c.copy_status == "STORED")
+            restorable = _newest(c for c in group if c.copy_status == CopyStatus.STORED)
             if restorable is not None:
                 protected[restorable.backup_id] = Reason.NEWEST_RESTORABLE
     return protected
@@ -237,10 +233,10 @@ def _judge_backup(
         days = retention_days.get(c.location)
         return days is not None and c.created_at < now - timedelta(days=days)
 
-    running = any(c.backup_status in RUNNING_BACKUP_STATES for c in group)
+    running = any(c.backup_status in RUNNING for c in group)
     holding = [c for c in group if c.holds_data]
     unexpired = [c for c in holding if not expired(c)]
-    verified_kept = [c.location for c in unexpired if c.copy_status == "VERIFIED"]
+    verified_kept = [c.location for c in unexpired if c.copy_status == CopyStatus.VERIFIED]
     out: list[tuple[Reason, str]] = []
     for c in group:
         days = retention_days.get(c.location)

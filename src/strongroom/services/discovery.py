@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from strongroom.catalog import store
 from strongroom.core.manifest import Manifest, database_prefix
 from strongroom.core.postgres import ConnInfo
+from strongroom.core.status import USABLE_COPY
 from strongroom.core.storage.base import Location
 from strongroom.errors import BackupNotFound, ConfigError, StrongroomError
 from strongroom.services.runtime import Runtime
@@ -19,7 +20,6 @@ from strongroom.services.runtime import Runtime
 log = logging.getLogger("strongroom.discovery")
 
 MANIFEST_SUFFIX = ".manifest.json"
-USABLE_COPY_STATES = ("STORED", "VERIFIED")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def _from_catalog(
         copy = by_location.get(loc.name)
         if copy is None:
             continue
-        if copy.status in USABLE_COPY_STATES:
+        if copy.status in USABLE_COPY:
             refs.append(CopyRef(backup.id, loc, copy.key, copy.manifest_key, backup.checksum))
         elif passed_over is not None:
             why = f": {copy.error}" if copy.error else ""

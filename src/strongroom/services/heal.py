@@ -25,20 +25,25 @@ from datetime import datetime, timedelta
 
 from strongroom.catalog import store
 from strongroom.config import Config
-from strongroom.core.retention import RUNNING_BACKUP_STATES, Clock, system_clock
+from strongroom.core.retention import Clock, system_clock
+from strongroom.core.status import (
+    BROKEN_COPY,
+    DATA_COPY,
+    RUNNING,
+    SETTLED_AWAY,
+    USABLE_COPY,
+    BackupStatus,
+    CopyStatus,
+)
 from strongroom.core.storage.base import Location
 from strongroom.errors import IntegrityError, ObjectNotFound, StorageError, StrongroomError
 from strongroom.services.prune import pending_deletions
 from strongroom.services.runtime import Runtime
-from strongroom.services.verify import CopyCheck, absent_copies, check_copy
+from strongroom.services.verify import UNREACHABLE, CopyCheck, absent_copies, check_copy
 
 log = logging.getLogger("strongroom.heal")
 
 CHUNK_SIZE = 1 << 20
-BROKEN_STATES = frozenset({"MISSING", "CORRUPT", "FAILED"})
-#: Never healed: pruned on purpose, or still being written.
-SKIP_STATES = frozenset({"DELETED", "PENDING"})
-SOURCE_STATES = ("VERIFIED", "STORED")
 HEALED_EVENT = "healed"
 
 
@@ -124,9 +129,9 @@ class _BackupHeal:
         self.manifest_key = keyed[0].manifest_key if keyed else ""
 
     def run(self) -> list[Repair]:
-        if self.backup.status in RUNNING_BACKUP_STATES or not self.key:
+        if self.backup.status in RUNNING or not self.key:
             return []
-        if not any(c.status in (*SOURCE_STATES, "CORRUPT", "MISSING") for c in self.rows.values()):
+        if not any(c.status in DATA_COPY for c in self.rows.values()):
             return []  # a failed run that never stored anything: nothing to heal from or to
         report: list[Repair] = []
         todo: list[tuple[Repair, Location]] = []
@@ -156,17 +161,17 @@ class _BackupHeal:
     def _problem(self, loc: Location) -> str:
         """Why the copy in ``loc`` needs healing, or "" when it does not (or must not)."""
         row = self.rows.get(loc.name)
-        if (self.id, loc.name) in self.pending or (row is not None and row.status in SKIP_STATES):
+        if (self.id, loc.name) in self.pending or (row is not None and row.status in SETTLED_AWAY):
             return ""
         if self.backup.created_at < self.now - timedelta(days=self.rt.retention_days(loc.name)):
             return ""  # past retention here: prune would only delete it again
         if row is None:
             return "no copy recorded"
-        if row.status in BROKEN_STATES:
+        if row.status in BROKEN_COPY:
             return row.status.lower()
         if self.deep:
             check, _ = check_copy(self.rt, loc, row.key, row.manifest_key, self.backup.checksum)
-            if check.status == "UNREACHABLE":
+            if check.status == UNREACHABLE:
                 raise StorageError(check.detail, location=loc.name)
             self._record_check(loc.name, check)
             return "" if check.ok else check.detail
@@ -183,7 +188,7 @@ class _BackupHeal:
         """The first other copy that passes a full read-back, with its manifest document."""
         for loc in self.rt.locations:
             row = self.rows.get(loc.name)
-            if loc.name in exclude or row is None or row.status not in SOURCE_STATES:
+            if loc.name in exclude or row is None or row.status not in USABLE_COPY:
                 continue
             check, manifest = check_copy(
                 self.rt, loc, row.key, row.manifest_key, self.backup.checksum
@@ -197,7 +202,7 @@ class _BackupHeal:
         return None
 
     def _record_check(self, location: str, check: CopyCheck) -> None:
-        if check.status != "UNREACHABLE":
+        if check.status != UNREACHABLE:
             store.record_copy_check(
                 self.id, location, status=check.status, error="" if check.ok else check.detail
             )
@@ -227,7 +232,7 @@ class _BackupHeal:
             target.name,
             key=self.key,
             manifest_key=self.manifest_key,
-            status="VERIFIED",
+            status=CopyStatus.VERIFIED,
             size_bytes=size,
             checksum=self.backup.checksum,
             error="",
@@ -242,9 +247,13 @@ class _BackupHeal:
         rows = store.copies_of(self.id)
         if absent_copies(self.rt.config, rows):
             return  # a configured location still holds no copy: the backup stays PARTIAL
-        live = [c for c in rows if c.status not in ("DELETED", "FAILED")]
-        if live and all(c.status == "VERIFIED" for c in live) and self.backup.status != "VERIFIED":
-            store.finish_verify(self.id, status="VERIFIED", error="", verified_at=self.now)
+        live = [c for c in rows if c.status not in (CopyStatus.DELETED, CopyStatus.FAILED)]
+        if live and all(c.status == CopyStatus.VERIFIED for c in live) and (
+            self.backup.status != BackupStatus.VERIFIED
+        ):
+            store.finish_verify(
+                self.id, status=BackupStatus.VERIFIED, error="", verified_at=self.now
+            )
 
 
 def _transfer(source: Location, target: Location, key: str, expected_sha256: str) -> int:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core.manifest import MANIFEST_SUFFIX, Manifest, manifest_key_for
+from strongroom.core.status import CopyStatus
 from strongroom.core.storage.base import Location
 from strongroom.errors import ObjectNotFound, StorageError, StrongroomError
 from strongroom.services.runtime import Runtime
@@ -107,5 +108,5 @@ def _copy_status(loc: Location, manifest: Manifest, absent: str = "MISSING") -> 
     try:
         info = loc.stat(manifest.object_key)
     except ObjectNotFound:
-        return "MISSING"
-    return "STORED" if info.size == manifest.stored_size else "CORRUPT"
+        return CopyStatus.MISSING
+    return CopyStatus.STORED if info.size == manifest.stored_size else CopyStatus.CORRUPT

@@ -20,10 +20,9 @@ from pathlib import Path
 
 from strongroom.config import Config
 from strongroom.core import postgres
-from strongroom.core.codecs import get_codec
 from strongroom.core.manifest import Manifest
-from strongroom.core.readback import read_back
-from strongroom.errors import IntegrityError, RestoreError, StrongroomError, WrongKeyError
+from strongroom.core.readback import read_copy
+from strongroom.errors import RestoreError, StrongroomError, WrongKeyError
 from strongroom.services.discovery import CopyRef, find_copies
 from strongroom.services.runtime import Runtime
 
@@ -128,18 +127,13 @@ def _fetch_first_intact(
     skipped: list[str] = []
     for copy in copies:
         try:
-            manifest = Manifest.from_document(
-                copy.location.get_bytes(copy.manifest_key), runtime.keyring
-            )
-            if copy.expected_sha256 and manifest.sha256 != copy.expected_sha256:
-                raise IntegrityError("manifest checksum differs from the catalog's")
-            codec = get_codec(manifest.codec, manifest.codec_level)
             with archive.open("wb") as out:
-                read_back(
-                    copy.location.open_reader(copy.key),
+                manifest, _ = read_copy(
+                    copy.location,
+                    copy.key,
+                    copy.manifest_key,
                     runtime.keyring,
-                    codec,
-                    expected_sha256=manifest.sha256,
+                    expected_sha256=copy.expected_sha256,
                     sink=out.write,
                     progress=progress,
                 )

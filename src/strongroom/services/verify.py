@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from strongroom.catalog import store
 from strongroom.config import Config
-from strongroom.core.codecs import get_codec
 from strongroom.core.manifest import Manifest
-from strongroom.core.readback import read_back
+from strongroom.core.readback import read_copy
+from strongroom.core.status import LIVE_COPY_EXCLUDES, BackupStatus, CopyStatus
 from strongroom.core.storage.base import Location
 from strongroom.errors import IntegrityError, ObjectNotFound, StrongroomError
 from strongroom.services.discovery import latest_of_configured_database
@@ -23,13 +23,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("strongroom.verify")
 
+#: A check that could not read the copy (location down, wrong key): says nothing of its bytes.
+UNREACHABLE = "UNREACHABLE"
+
 
 @dataclass
 class CopyCheck:
     location: str
     ok: bool
     detail: str
-    status: str  # VERIFIED, CORRUPT, MISSING, UNREACHABLE
+    #: A copy status (VERIFIED, CORRUPT, MISSING) or UNREACHABLE: no evidence either way.
+    status: str
 
 
 @dataclass
@@ -48,11 +52,6 @@ class VerifyReport:
         return "; ".join(f"{c.location}: {c.detail}" for c in self.copies if not c.ok)
 
 
-def load_manifest(loc: Location, manifest_key: str, runtime: Runtime) -> Manifest:
-    """Read and authenticate a copy's manifest."""
-    return Manifest.from_document(loc.get_bytes(manifest_key), runtime.keyring)
-
-
 def check_copy(
     runtime: Runtime,
     loc: Location,
@@ -63,31 +62,18 @@ def check_copy(
 ) -> tuple[CopyCheck, Manifest | None]:
     """Full read-back of one copy against the catalog's checksum and the copy's manifest."""
     try:
-        manifest = load_manifest(loc, manifest_key, runtime)
-        if expected_sha256 and manifest.sha256 != expected_sha256:
-            raise IntegrityError(
-                f"manifest checksum {manifest.sha256[:16]}... differs from the catalog's "
-                f"{expected_sha256[:16]}..."
-            )
-        codec = get_codec(manifest.codec, manifest.codec_level)
-        back = read_back(
-            loc.open_reader(key),
-            runtime.keyring,
-            codec,
-            expected_sha256=manifest.sha256,
+        manifest, back = read_copy(
+            loc, key, manifest_key, runtime.keyring, expected_sha256=expected_sha256,
             progress=progress,
         )
-        if back.raw_size != manifest.raw_size:
-            raise IntegrityError(
-                f"decrypted size {back.raw_size} differs from the manifest's {manifest.raw_size}"
-            )
     except ObjectNotFound as exc:
-        return CopyCheck(loc.name, False, f"missing: {exc}", "MISSING"), None
+        return CopyCheck(loc.name, False, f"missing: {exc}", CopyStatus.MISSING), None
     except IntegrityError as exc:
-        return CopyCheck(loc.name, False, f"corrupt: {exc}", "CORRUPT"), None
+        return CopyCheck(loc.name, False, f"corrupt: {exc}", CopyStatus.CORRUPT), None
     except StrongroomError as exc:
-        return CopyCheck(loc.name, False, f"unreadable: {exc}", "UNREACHABLE"), None
-    return CopyCheck(loc.name, True, f"sha256 {back.sha256[:16]}... ok", "VERIFIED"), manifest
+        return CopyCheck(loc.name, False, f"unreadable: {exc}", UNREACHABLE), None
+    ok = f"sha256 {back.sha256[:16]}... ok"
+    return CopyCheck(loc.name, True, ok, CopyStatus.VERIFIED), manifest
 
 
 #: ``progress(location, stored bytes read, stored size)`` while a copy is read back.
@@ -105,12 +91,12 @@ def verify_backup(
     copies = sorted(store.copies_of(backup.id), key=lambda c: order.get(c.location, len(order)))
     report.absent = absent_copies(config, copies)
     for copy in copies:  # in the configured order, as restore tries them
-        if copy.status in ("FAILED", "DELETED", "PENDING"):
+        if copy.status in LIVE_COPY_EXCLUDES:
             continue
         try:
             loc = runtime.location(copy.location)
         except StrongroomError as exc:
-            report.copies.append(CopyCheck(copy.location, False, str(exc), "UNREACHABLE"))
+            report.copies.append(CopyCheck(copy.location, False, str(exc), UNREACHABLE))
             continue
         check, _ = check_copy(
             runtime,
@@ -121,7 +107,7 @@ def verify_backup(
             _progress_of(progress, copy.location, copy.size_bytes),
         )
         report.copies.append(check)
-        if check.status == "UNREACHABLE":
+        if check.status == UNREACHABLE:
             continue  # no evidence about the stored bytes (a wrong key, a location down)
         store.record_copy_check(
             backup.id, copy.location, status=check.status, error="" if check.ok else check.detail
@@ -145,7 +131,7 @@ def absent_copies(config: Config, copies: Iterable[BackupCopy]) -> dict[str, str
     return {
         c.location: c.error.removeprefix(f"{c.location}: ") or "the backup could not store it"
         for c in copies
-        if c.status == "FAILED" and c.location in configured
+        if c.status == CopyStatus.FAILED and c.location in configured
     }
 
 
@@ -164,11 +150,11 @@ def _absent_reasons(report: VerifyReport) -> str:
 def _new_status(report: VerifyReport, previous: str) -> str:
     """VERIFIED only when every configured location holds a copy and every copy read back."""
     if not report.copies:
-        return "FAILED"
+        return BackupStatus.FAILED
     if report.ok:
-        return "PARTIAL" if report.absent else "VERIFIED"
+        return BackupStatus.PARTIAL if report.absent else BackupStatus.VERIFIED
     if any(c.ok for c in report.copies):
-        return "PARTIAL"
-    if any(c.status in ("CORRUPT", "MISSING") for c in report.copies):
-        return "FAILED"
+        return BackupStatus.PARTIAL
+    if any(c.status in (CopyStatus.CORRUPT, CopyStatus.MISSING) for c in report.copies):
+        return BackupStatus.FAILED
     return previous  # only unreachable: no evidence either way
