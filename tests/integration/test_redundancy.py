@@ -568,16 +568,17 @@ def _file_size_limit(limit: int) -> Callable[[], None]:
     return apply
 
 
-def test_the_local_disk_failing_midway_withdraws_the_cloud_copies(
+def test_the_local_disk_failing_midway_stops_the_run_and_aborts_the_cloud_uploads(
     tmp_path: Path,
     settings: dict[str, str],
     seaweed: SeaweedServer,
     prefix: str,
     demo_db: DemoDatabase,
 ) -> None:
-    """The required location fails after the clouds took every byte: FAILED, and no copy
-    anywhere looks complete (a file-size limit makes the local write fail, even for root)."""
-    _add_ballast(demo_db.admin_url, 12)  # > 2 parts of 5 MiB in each bucket
+    """The required location fails midway: pg_dump is stopped there and then (not read to
+    the end), the run is FAILED with the local error, and no copy anywhere looks complete (a
+    file-size limit makes the local write fail, even for root)."""
+    _add_ballast(demo_db.admin_url, 32)  # > 6 parts of 5 MiB in each bucket if read through
     env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
     env.update(
         settings,
@@ -605,9 +606,11 @@ def test_the_local_disk_failing_midway_withdraws_the_cloud_copies(
     copies = _copies(backup.id)
     assert {n: c.status for n, c in copies.items()} == dict.fromkeys(LOCATIONS, "FAILED")
     assert "(File too large)" in copies["local"].error
-    for name in ("r2", "b2"):  # every byte arrived, was committed, and was deleted again
-        assert copies[name].size_bytes == backup.size_bytes > 2 * 5 * MiB
-        assert copies[name].error == "stored, then deleted again because a required location failed"
+    for name in ("r2", "b2"):  # stopped with the local failure, long before the dump's end
+        assert copies[name].size_bytes is not None and copies[name].size_bytes < 16 * MiB
+        assert copies[name].error == (
+            "upload stopped and aborted because a required location failed"
+        )
     assert backup.local_path == backup.r2_path == backup.b2_path == ""
     for bucket in (R2_BUCKET, B2_BUCKET):
         assert _bucket_keys(seaweed, bucket, prefix) == set()

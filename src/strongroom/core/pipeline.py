@@ -115,6 +115,11 @@ class FanOut:
             if not feeder.dropped:
                 feeder.join()
 
+    def lost(self, required: frozenset[str]) -> bool:
+        """Every location failed, or one of ``required`` did."""
+        failed = {f.outcome.name for f in self.feeders if f.outcome.error is not None}
+        return len(failed) == len(self.feeders) or bool(failed & required)
+
     def outcomes(self) -> dict[str, LocationOutcome]:
         return {f.outcome.name: f.outcome for f in self.feeders}
 
@@ -139,8 +144,14 @@ def stream_to_locations(
     chunk_size: int = CHUNK_SIZE,
     progress: Progress | None = None,
     stall_timeout: float = 600.0,
+    stop_on_failure_of: frozenset[str] = frozenset(),
 ) -> StreamResult:
-    """Push ``source`` through the codec and the cipher into every writer, uncommitted."""
+    """Push ``source`` through the codec and the cipher into every writer, uncommitted.
+
+    Reading stops as soon as every location has failed, or any named in
+    ``stop_on_failure_of`` (the required ones) has: the caller then stops the source at once
+    instead of waiting for it to fill a pipe nobody drains.
+    """
     fanout = FanOut(writers, stall_timeout=stall_timeout)
     encryptor = keyring.encrypting_writer(fanout)
     compressor = codec.compress_writer(encryptor)
@@ -154,8 +165,8 @@ def stream_to_locations(
             compressor.write(chunk)
             if progress is not None:
                 progress(raw, fanout.size)
-            if all(f.outcome.error is not None for f in fanout.feeders):
-                break  # every location failed: stop reading, the caller reports why
+            if fanout.lost(stop_on_failure_of):
+                break  # the object cannot be stored: stop reading, the caller reports why
     finally:
         compressor.close()  # flushes codec -> cipher -> fanout, and joins the feeders
     return StreamResult(
