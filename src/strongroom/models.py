@@ -45,6 +45,7 @@ class Backup(models.Model):
         FULL_DATABASE = "FULL_DATABASE", "Full database"
         TENANT_BACKUP = "TENANT_BACKUP", "Tenant backup"
         WAL_ARCHIVE = "WAL_ARCHIVE", "WAL archive"
+        BASE_BACKUP = "BASE_BACKUP", "Base backup"
 
     Status = _choices("Status", BackupStatus)
 

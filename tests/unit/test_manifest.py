@@ -15,12 +15,14 @@ from strongroom.core import crypto
 from strongroom.core.crypto import Keyring
 from strongroom.core.manifest import (
     FORMAT,
+    MANIFEST_SUFFIX,
     Manifest,
     canonical_json,
     database_prefix,
     manifest_key_for,
     object_key_for,
     read_unverified,
+    wal_key_for,
 )
 from strongroom.errors import IntegrityError, WrongKeyError
 
@@ -316,3 +318,34 @@ def test_object_key_needs_aware_time() -> None:
 def test_manifest_key_for_bare_names() -> None:
     assert manifest_key_for("abc.dump.enc") == "abc.manifest.json"
     assert manifest_key_for("p/q/abc.dump.gz.enc") == "p/q/abc.manifest.json"
+
+
+def test_every_kind_has_its_own_key_shape() -> None:
+    assert object_key_for("saas", "tenant", "t1", STARTED, "zst").endswith("/t1.dump.zst.enc")
+    base = object_key_for("saas", "base", "b1", STARTED, "zst")
+    assert base.startswith("saas/base/") and base.endswith("/b1.tar.zst.enc")
+    assert manifest_key_for(base) == base.removesuffix("b1.tar.zst.enc") + "b1.manifest.json"
+    with pytest.raises(ValueError, match="kind"):
+        object_key_for("saas", "wal", "w1", STARTED, "zst")  # WAL is named by PostgreSQL
+
+
+@pytest.mark.parametrize(
+    ("name", "manifest"),
+    [
+        ("000000010000000000000002", "000000010000000000000002.manifest.json"),
+        ("00000002.history", "00000002.history.manifest.json"),
+        ("000000010000000000000002.00000028.backup", "000000010000000000000002.00000028.backup"),
+        ("000000010000000000000003.partial", "000000010000000000000003.partial"),
+    ],
+)
+def test_wal_files_keep_their_names_and_manifests_never_collide(name: str, manifest: str) -> None:
+    key = wal_key_for("cluster-7301", name, "zst")
+    assert key == f"cluster-7301/wal/{name[:8]}/{name}.wal.zst.enc"
+    expected = manifest if manifest.endswith(MANIFEST_SUFFIX) else manifest + MANIFEST_SUFFIX
+    assert manifest_key_for(key) == f"cluster-7301/wal/{name[:8]}/{expected}"
+
+
+@pytest.mark.parametrize("name", ["../x", "00000001000000000000000Z", "00000002", "pg_wal/1", ""])
+def test_wal_key_refuses_names_postgres_never_archives(name: str) -> None:
+    with pytest.raises(ValueError, match="not a WAL"):
+        wal_key_for("cluster-7301", name, "zst")

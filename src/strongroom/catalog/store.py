@@ -43,7 +43,12 @@ if TYPE_CHECKING:
 
 #: The seed's per-location path fields, kept filled for code written against the seed.
 SEED_PATH_FIELDS = {"local": "local_path", "r2": "r2_path", "b2": "b2_path"}
-KIND_TO_TYPE = {"full": "FULL_DATABASE", "tenant": "TENANT_BACKUP", "wal": "WAL_ARCHIVE"}
+KIND_TO_TYPE = {
+    "full": "FULL_DATABASE",
+    "tenant": "TENANT_BACKUP",
+    "base": "BASE_BACKUP",
+    "wal": "WAL_ARCHIVE",
+}
 #: Left out of ``backup_to_dict`` unless asked for: long, and already in the manifest.
 BULKY_METADATA = ("pg_dump_log", "manifest")
 _ID_ATTEMPTS = 5
@@ -404,9 +409,12 @@ class CopyRow:
 
 
 def series_of(backup_type: str, tenant_id: str | None) -> str:
-    """Independent chains of one database: "" for full backups, ``tenant:<id>``, ``wal``."""
+    """Independent chains of one database: "" for full backups, ``tenant:<id>``, ``base``,
+    ``wal``."""
     if backup_type == "TENANT_BACKUP":
         return f"tenant:{tenant_id or ''}"
+    if backup_type == "BASE_BACKUP":
+        return "base"
     if backup_type == "WAL_ARCHIVE":
         return "wal"
     return ""

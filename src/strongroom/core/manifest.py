@@ -11,10 +11,16 @@ rebuilt from storage alone. The document is readable by humans and authenticated
 Canonical JSON is ``sort_keys``, compact separators, UTF-8, no NaN. The MAC is checked against
 the canonical form of the *parsed* object, so what is verified is exactly what is used.
 
-Key layout under a location's prefix::
+Key layout under a location's prefix (``<payload>`` is ``dump`` for the logical kinds, full
+and tenant, and ``tar`` for a physical base backup)::
 
-    <database>/<kind>/<YYYY>/<MM>/<DD>/<backup_id>.dump[.zst|.gz].enc
+    <database>/<kind>/<YYYY>/<MM>/<DD>/<backup_id>.<payload>[.zst|.gz].enc
     <database>/<kind>/<YYYY>/<MM>/<DD>/<backup_id>.manifest.json
+
+WAL files are named by PostgreSQL, not by us, and live per cluster and timeline::
+
+    <scope>/wal/<timeline>/<file name>.wal[.zst|.gz].enc
+    <scope>/wal/<timeline>/<file name>.manifest.json
 """
 
 from __future__ import annotations
@@ -31,7 +37,13 @@ from strongroom.errors import IntegrityError
 
 FORMAT = "strongroom-manifest/1"
 MANIFEST_SUFFIX = ".manifest.json"
-KINDS = ("full", "tenant")
+KINDS = ("full", "tenant", "base", "wal")
+#: What the stored object holds, by kind: the marker between the object's name and its codec.
+PAYLOADS = {"full": "dump", "tenant": "dump", "base": "tar", "wal": "wal"}
+_OBJECT_NAME = re.compile(
+    r"(?P<stem>.+?)\.(?:" + "|".join(sorted(set(PAYLOADS.values()))) + r")(?:\.[a-z0-9]+)?\.enc"
+)
+_WAL_NAME = re.compile(r"[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history")
 _DATETIME_FIELDS = ("started_at", "finished_at")
 _SAFE_SEGMENT = "-_.+=@~"
 _BACKUP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -204,8 +216,8 @@ def database_prefix(database: str) -> str:
 def object_key_for(
     database: str, kind: str, backup_id: str, started_at: datetime, codec_extension: str
 ) -> str:
-    """``<database>/<kind>/<YYYY>/<MM>/<DD>/<backup_id>.dump[.<ext>].enc`` (date in UTC)."""
-    if kind not in KINDS:
+    """``<database>/<kind>/<YYYY>/<MM>/<DD>/<backup_id>.<payload>[.<ext>].enc`` (date in UTC)."""
+    if kind not in KINDS or kind == "wal":
         raise ValueError(f"backup kind must be one of {KINDS}, not {kind!r}")
     backup_id = str(backup_id)
     if not _BACKUP_ID.fullmatch(backup_id):
@@ -213,14 +225,32 @@ def object_key_for(
     if started_at.tzinfo is None:
         raise ValueError("started_at must be a timezone-aware datetime")
     day = started_at.astimezone(UTC)
-    ext = f"dump.{codec_extension}.enc" if codec_extension else "dump.enc"
+    ext = _suffix(PAYLOADS[kind], codec_extension)
     return f"{database_prefix(database)}{kind}/{day:%Y/%m/%d}/{backup_id}.{ext}"
 
 
+def wal_key_for(scope: str, file_name: str, codec_extension: str) -> str:
+    """``<scope>/wal/<timeline>/<file name>.wal[.<ext>].enc`` for a WAL segment or history file.
+
+    ``scope`` names the cluster (its system identifier), since WAL belongs to a cluster, not
+    to one database. Only PostgreSQL's own file names are accepted.
+    """
+    if not _WAL_NAME.fullmatch(file_name):
+        raise ValueError(f"{file_name!r} is not a WAL segment, history or backup label name")
+    timeline = file_name[:8]
+    ext = _suffix(PAYLOADS["wal"], codec_extension)
+    return f"{key_segment(scope)}/wal/{timeline}/{file_name}.{ext}"
+
+
+def _suffix(payload: str, codec_extension: str) -> str:
+    return f"{payload}.{codec_extension}.enc" if codec_extension else f"{payload}.enc"
+
+
 def manifest_key_for(object_key: str) -> str:
-    """The manifest's key beside ``object_key``: ``.../<backup_id>.manifest.json``."""
+    """The manifest's key beside ``object_key``: ``.../<name>.manifest.json``."""
     directory, _, name = object_key.rpartition("/")
-    backup_id = name.split(".", 1)[0]
+    match = _OBJECT_NAME.fullmatch(name)
+    backup_id = match.group("stem") if match else name.split(".", 1)[0]
     if not backup_id:
         raise ValueError(f"{object_key!r} is not a backup object key")
     return f"{directory}/{backup_id}{MANIFEST_SUFFIX}" if directory else backup_id + MANIFEST_SUFFIX
