@@ -52,7 +52,7 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 def stock(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stock]:
     root = tmp_path_factory.mktemp("catalog-faults")
     name = f"faults_{uuid.uuid4().hex[:10]}"
-    shop = create_demo_database(pg_cluster.url(), name, **TINY)
+    shop = create_demo_database(pg_cluster.url(), name, **TINY)  # type: ignore[arg-type]
     (root / "local").mkdir()
     (root / "home").mkdir()
     catalog = root / "made.sqlite3"
@@ -202,3 +202,18 @@ def test_a_deleted_catalog_is_named_by_the_first_reader_and_check_points_at_rebu
 
     assert cli("catalog", "rebuild", "--from", "local").returncode == 0
     assert _listed(cli) == stock.backup_ids
+
+
+def test_an_unreachable_postgresql_catalog_is_one_line_without_its_password(stock: Stock) -> None:
+    secret = uuid.uuid4().hex
+    env = {**stock.env, "STRONGROOM_CATALOG_URL": f"postgresql://strongroom:{secret}@127.0.0.1:1/c"}
+
+    done = _run(env, "list")
+    assert done.returncode == CATALOG_EXIT, done.stdout + done.stderr
+    (line,) = done.stderr.splitlines()
+    assert "cannot open the strongroom catalog postgresql://strongroom@127.0.0.1:1/c" in line
+    done = _run(env, "check")
+    assert done.returncode == CHECK_FAILED
+    assert "FAIL catalog          cannot open the strongroom catalog" in done.stdout
+    assert "ok   location local" in done.stdout
+    assert all(secret not in text for text in (done.stdout, done.stderr, line))

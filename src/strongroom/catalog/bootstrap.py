@@ -235,8 +235,9 @@ def prepare_catalog(database: dict[str, Any]) -> bool:
 def _quick_check(conn: sqlite3.Connection) -> str:
     """``PRAGMA quick_check``: "" when intact, else its first finding on one line.
 
-    O(size of the file) without the index cross-checks of ``integrity_check``: a few ms for a
-    catalog of thousands of backups, paid once per process.
+    O(size of the file) without the index cross-checks of ``integrity_check``; paid once per
+    process. Measured on 2 busy CPUs: 7 ms for a year of daily backups (365, 1.6 MiB), 0.11 s
+    for 10,000 backups (53 MiB).
     """
     rows = conn.execute("PRAGMA quick_check").fetchall()
     if [tuple(row) for row in rows] == [("ok",)]:
