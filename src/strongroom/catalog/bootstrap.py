@@ -80,8 +80,7 @@ def ensure_django(catalog_url: str | None = None) -> None:
             _retarget(copy.deepcopy(database))
             _ours, _migrated = database, False
         if not _migrated:
-            if prepare_catalog(database):
-                _created = str(database["NAME"])
+            _created = str(database["NAME"]) if prepare_catalog(database) else None
             migrate_quietly(database)
             _migrated = True
 

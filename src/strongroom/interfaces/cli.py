@@ -245,10 +245,6 @@ def _open_catalog(args: argparse.Namespace, config: Config) -> None:
 
 def _catalog_damage(exc: Exception) -> CatalogError | None:
     """A damaged catalog found mid-command (after the open-time check) is still one line."""
-    from django.conf import settings
-
-    if not settings.configured:
-        return None
     from strongroom.catalog.bootstrap import catalog_error_from
 
     return catalog_error_from(exc)
