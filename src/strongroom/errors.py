@@ -96,3 +96,18 @@ class LockBusy(StrongroomError):
     """Another backup of the same database is already running."""
 
     exit_code = 5
+
+
+class CatalogError(StrongroomError):
+    """The catalog is damaged or cannot be opened; the backups in storage are not affected.
+
+    Its own exit code (12) because the fix is neither a setting nor a retry: move the catalog
+    aside and rebuild it from a location's manifests (``strongroom catalog rebuild``).
+    """
+
+    exit_code = 12
+
+    def __init__(self, message: str, *, damaged: bool = False) -> None:
+        super().__init__(message)
+        #: The file's bytes are wrong (move it aside), rather than the catalog being unreachable.
+        self.damaged = damaged

@@ -7,6 +7,10 @@ file under ``$XDG_DATA_HOME/strongroom/`` by default, and apply the migrations.
 
 SQLite runs in WAL mode with a busy timeout and ``BEGIN IMMEDIATE`` transactions because the
 CLI and several Celery workers may write to the same file at once.
+
+The catalog is checked, not trusted: opening a SQLite catalog runs ``PRAGMA quick_check``, so a
+damaged file stops a command before it dumps or stores anything, with one :class:`CatalogError`
+line that names the file and the way back (``strongroom catalog rebuild --from LOCATION``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,7 @@ import django
 from django.apps import apps
 from django.conf import settings
 
-from strongroom.errors import ConfigError
+from strongroom.errors import CatalogError, ConfigError
 
 log = logging.getLogger("strongroom.catalog")
 
@@ -34,11 +40,17 @@ INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "strongr
 SQLITE_BUSY_TIMEOUT = 30.0
 _PG_MIGRATE_LOCK = 0x5354524F4E47  # "STRONG": one migrator at a time per catalog server
 _FIX = f"set {ENV_VAR}=sqlite:////writable/dir/catalog.sqlite3 or fix the permissions"
+REBUILD = "strongroom catalog rebuild --from LOCATION"
+#: SQLite result codes that mean the file's bytes are wrong, not that it cannot be reached.
+_DAMAGE_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+_DAMAGE_WORDS = ("malformed", "not a database", "corrupt")
 
 _lock = threading.RLock()
 #: The ``DATABASES["default"]`` we configured ourselves; None inside a Django project.
 _ours: dict[str, Any] | None = None
 _migrated = False
+#: The SQLite file this process found missing and created empty (a lost catalog looks like this).
+_created: str | None = None
 
 
 def ensure_django(catalog_url: str | None = None) -> None:
@@ -47,9 +59,10 @@ def ensure_django(catalog_url: str | None = None) -> None:
     Inside a Django project (settings configured, or ``DJANGO_SETTINGS_MODULE`` set) this only
     finishes ``django.setup()`` if needed. Standalone, a later call naming another catalog
     (argument or environment) re-targets new connections to it (tests and tools that switch
-    catalogs in one process); a later call naming none keeps the catalog in use.
+    catalogs in one process); a later call naming none keeps the catalog in use. A damaged or
+    unreachable catalog raises :class:`CatalogError`; calling again retries it.
     """
-    global _ours, _migrated
+    global _ours, _migrated, _created
     with _lock:
         if _ours is None and _in_project():
             _setup_project()
@@ -67,9 +80,18 @@ def ensure_django(catalog_url: str | None = None) -> None:
             _retarget(copy.deepcopy(database))
             _ours, _migrated = database, False
         if not _migrated:
-            prepare_catalog(database)
+            _created = str(database["NAME"]) if prepare_catalog(database) else None
             migrate_quietly(database)
             _migrated = True
+
+
+def created_empty() -> str | None:
+    """The SQLite catalog this process created because its file was missing, if any.
+
+    A first run looks like this, and so does a deleted catalog: commands that read the catalog
+    say so, since an empty catalog would otherwise pass for "no backups".
+    """
+    return _created
 
 
 def _in_project() -> bool:
@@ -175,10 +197,14 @@ def describe(database: dict[str, Any]) -> str:
 # -- preparing and migrating ----------------------------------------------------------------------
 
 
-def prepare_catalog(database: dict[str, Any]) -> None:
-    """SQLite: the directory exists and is writable, and the file is in WAL mode."""
+def prepare_catalog(database: dict[str, Any]) -> bool:
+    """SQLite: the directory is writable, the file is intact and in WAL mode.
+
+    Returns whether the file was missing (and so was created empty). A file that exists but is
+    damaged (``quick_check`` fails, or the header is not SQLite's) raises :class:`CatalogError`.
+    """
     if not database["ENGINE"].endswith("sqlite3"):
-        return
+        return False
     path = Path(database["NAME"])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,14 +214,142 @@ def prepare_catalog(database: dict[str, Any]) -> None:
         ) from None
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ConfigError(f"the catalog {path} is not writable; {_FIX}")
+    missing = not path.exists()
     try:
         conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT)
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # persistent: every later connection uses it
+            problem = _quick_check(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
+        if is_damage(exc):
+            raise damaged(str(path), _reason(exc)) from None
         raise ConfigError(f"cannot open the catalog {path}: {exc}; {_FIX}") from None
+    if problem:
+        raise damaged(str(path), problem)
+    return missing
+
+
+def _quick_check(conn: sqlite3.Connection) -> str:
+    """``PRAGMA quick_check``: "" when intact, else its first finding on one line.
+
+    O(size of the file) without the index cross-checks of ``integrity_check``; paid once per
+    process. Measured on 2 busy CPUs: 7 ms for a year of daily backups (365, 1.6 MiB), 0.11 s
+    for 10,000 backups (53 MiB).
+    """
+    rows = conn.execute("PRAGMA quick_check").fetchall()
+    if [tuple(row) for row in rows] == [("ok",)]:
+        return ""
+    first = " ".join(str(rows[0][0]).split()) if rows else "quick_check returned nothing"
+    return first[:160]
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps, e.g. Django's DatabaseError) says the file is damaged."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sqlite3.DatabaseError):
+            name = str(getattr(seen, "sqlite_errorname", "") or "")
+            if name.startswith(_DAMAGE_CODES):
+                return True
+            return any(word in str(seen).lower() for word in _DAMAGE_WORDS)
+        seen = seen.__cause__
+    return False
+
+
+def damaged(where: str, reason: str) -> CatalogError:
+    """The one line for a damaged catalog: which file, why, and the way back."""
+    return CatalogError(
+        f"the catalog {where} is damaged ({reason}): move it aside and run `{REBUILD}` "
+        "(add --move-damaged to have it moved for you; nothing is deleted)",
+        damaged=True,
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def catalog_error_from(exc: BaseException) -> CatalogError | None:
+    """A :class:`CatalogError` for a damage error raised while a command used the catalog."""
+    if not is_damage(exc) or not settings.configured:
+        return None
+    return damaged(describe(settings.DATABASES["default"]), _reason(exc))
+
+
+@dataclass(frozen=True)
+class CatalogState:
+    """What ``strongroom check`` says about an intact catalog."""
+
+    where: str
+    checked: str  # "quick_check ok" (SQLite) or "reachable" (PostgreSQL)
+    backups: int
+
+
+def inspect_catalog() -> CatalogState:
+    """Check the catalog in use now (standalone or a project's): where it is and its backups.
+
+    SQLite: ``PRAGMA quick_check``; PostgreSQL: reachable and authenticated. Both then count
+    the backups (the tables answer). Damaged or unreachable: :class:`CatalogError`.
+    """
+    from django.db import DatabaseError, connection
+
+    from strongroom.models import Backup
+
+    where = describe(settings.DATABASES["default"])
+    try:
+        checked = "reachable"
+        if connection.vendor == "sqlite":
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA quick_check")
+                rows = cursor.fetchall()
+            if [tuple(row) for row in rows] != [("ok",)]:
+                raise damaged(where, " ".join(str(rows[0][0]).split())[:160])
+            checked = "quick_check ok"
+        return CatalogState(where, checked, Backup.objects.count())
+    except DatabaseError as exc:
+        if is_damage(exc):
+            raise damaged(where, _reason(exc)) from None
+        raise unreachable(where, _first_line(exc)) from None
+
+
+def unreachable(where: str, reason: str) -> CatalogError:
+    """The one line for a catalog that cannot be opened (server down, wrong credentials)."""
+    return CatalogError(
+        f"cannot open the strongroom catalog {where}: {reason}; check {ENV_VAR} and that the "
+        f"catalog database is reachable and writable (if it is lost, `{REBUILD}` recreates it)"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def move_damaged_aside() -> list[Path]:
+    """Rename the standalone SQLite catalog (and its -wal/-shm) to ``*.damaged-<UTC time>``.
+
+    For ``catalog rebuild --move-damaged``: the damaged file is kept for inspection, never
+    deleted, and the next :func:`ensure_django` starts a fresh file in its place.
+    """
+    from django.db import connections
+
+    if _ours is None or not _ours["ENGINE"].endswith("sqlite3"):
+        raise ConfigError("--move-damaged works only for a standalone SQLite catalog")
+    connections.close_all()
+    path = Path(_ours["NAME"])
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    moved = []
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            target = Path(f"{path}.damaged-{stamp}{suffix}")
+            source.rename(target)
+            moved.append(target)
+    log.info("moved the damaged catalog aside: %s", ", ".join(map(str, moved)))
+    return moved
 
 
 def migrate_quietly(database: dict[str, Any]) -> None:
@@ -211,11 +365,9 @@ def migrate_quietly(database: dict[str, Any]) -> None:
         with _migration_lock(database):
             call_command("migrate", verbosity=0, interactive=False)
     except DatabaseError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"cannot prepare the strongroom catalog at {describe(database)}: {reason}; "
-            f"check {ENV_VAR} and that the catalog database is reachable and writable"
-        ) from None
+        if is_damage(exc):
+            raise damaged(describe(database), _reason(exc)) from None
+        raise unreachable(describe(database), _first_line(exc)) from None
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from typing import Any
 
 from strongroom import __version__
 from strongroom.config import Config, config_from_env
-from strongroom.errors import ConfigError, StrongroomError
+from strongroom.errors import CatalogError, ConfigError, StrongroomError
 from strongroom.interfaces import render
 
 log = logging.getLogger("strongroom")
@@ -134,6 +134,11 @@ def _retention_commands(sub: Any) -> None:
         help="read the manifests of this location (local, r2 or b2)",
     )
     rb.add_argument(
+        "--move-damaged",
+        action="store_true",
+        help="if the catalog file is damaged, rename it to *.damaged-TIME and start a new one",
+    )
+    rb.add_argument(
         "--no-probe",
         action="store_true",
         help="do not look for the same backups in the other configured locations",
@@ -168,6 +173,10 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
         print("strongroom: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug or an untranslated failure: still one line, no traceback
+        damaged = _catalog_damage(exc)
+        if damaged is not None:
+            print(f"strongroom: error: {damaged}", file=sys.stderr)
+            return damaged.exit_code
         if args.verbose:
             log.exception("unexpected failure")
         print(
@@ -187,9 +196,7 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
         return commands.demo(args)
     if config is None:
         config = config_from_env()
-        from strongroom.catalog.bootstrap import ensure_django
-
-        ensure_django(config.catalog_url)
+        _open_catalog(args, config)
     handlers: dict[str, Handler] = {
         "backup": commands.backup,
         "list": commands.list_backups,
@@ -203,6 +210,44 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
         "catalog": commands.catalog,
     }
     return handlers[args.command](args, config)
+
+
+#: Commands whose answer depends on what the catalog holds: a catalog created empty just now
+#: (deleted, or a wrong STRONGROOM_CATALOG_URL) must not pass for "no backups" silently.
+_READS_CATALOG = frozenset({"list", "show", "verify", "restore", "prune", "heal"})
+
+
+def _open_catalog(args: argparse.Namespace, config: Config) -> None:
+    """Open and check the standalone catalog before any work starts (nothing half done)."""
+    from strongroom.catalog import bootstrap
+
+    try:
+        bootstrap.ensure_django(config.catalog_url)
+    except CatalogError as exc:
+        if args.command == "check":
+            return  # check reports the catalog as one of its lines, after the others
+        if not (exc.damaged and getattr(args, "move_damaged", False)):
+            raise
+        moved = bootstrap.move_damaged_aside()
+        print(
+            f"strongroom: moved the damaged catalog aside: {', '.join(map(str, moved))}",
+            file=sys.stderr,
+        )
+        bootstrap.ensure_django(config.catalog_url)
+    created = bootstrap.created_empty()
+    if created and args.command in _READS_CATALOG:
+        print(
+            f"strongroom: warning: the catalog {created} did not exist and was created empty; "
+            f"if backups exist, `{bootstrap.REBUILD}` brings them back",
+            file=sys.stderr,
+        )
+
+
+def _catalog_damage(exc: Exception) -> CatalogError | None:
+    """A damaged catalog found mid-command (after the open-time check) is still one line."""
+    from strongroom.catalog.bootstrap import catalog_error_from
+
+    return catalog_error_from(exc)
 
 
 def emit_json(document: Any) -> None:

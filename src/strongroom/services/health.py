@@ -2,6 +2,10 @@
 
 Each probe yields one line; none prints a secret. The overall result is non-zero when anything
 required is broken or the newest good backup is older than ``BACKUP_MAX_AGE_HOURS``.
+
+The catalog is checked, not trusted: ``PRAGMA quick_check`` (SQLite) or a query (PostgreSQL)
+must pass, and an empty catalog beside a location that holds manifests is a warning naming
+``catalog rebuild --from`` that location (a lost catalog looks exactly like a new one).
 """
 
 from __future__ import annotations
@@ -9,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from strongroom.catalog import store
+from strongroom.catalog import bootstrap, store
 from strongroom.config import Config
 from strongroom.core import postgres
 from strongroom.core.crypto import Keyring
+from strongroom.core.manifest import MANIFEST_SUFFIX
 from strongroom.core.storage.base import CheckResult
 from strongroom.errors import BackupNotFound, StrongroomError
 from strongroom.services.backup import reap_dead_runs
@@ -97,8 +102,44 @@ def _state(result: CheckResult) -> str:
     return result.detail
 
 
+def _catalog_probe(config: Config) -> Probe:
+    """Open the catalog (opening may have failed before the command ran) and check its file."""
+    try:
+        bootstrap.ensure_django(config.catalog_url)
+        state = bootstrap.inspect_catalog()
+    except StrongroomError as exc:
+        return Probe("catalog", False, str(exc))
+    if state.backups == 0:
+        orphaned = _orphaned_manifests(config, state.where)
+        if orphaned is not None:
+            return orphaned
+    return Probe("catalog", True, f"{state.where}: {state.checked}, {state.backups} backup(s)")
+
+
+def _orphaned_manifests(config: Config, where: str) -> Probe | None:
+    """An empty catalog while a location holds manifests: the catalog was lost or replaced."""
+    locations, _ = build_locations(config.locations)
+    for loc in locations:
+        try:
+            count = sum(1 for info in loc.list("") if info.key.endswith(MANIFEST_SUFFIX))
+        except StrongroomError:
+            continue  # its location probe already says why
+        if count:
+            return Probe(
+                "catalog",
+                False,
+                f"the catalog {where} is empty while {loc.name} holds {count} backup(s): "
+                f"run strongroom catalog rebuild --from {loc.name}",
+                required=False,
+            )
+    return None
+
+
 def _catalog_probes(config: Config, now: datetime) -> list[Probe]:
-    probes = []
+    catalog = _catalog_probe(config)
+    if catalog.required and not catalog.ok:
+        return [catalog]  # nothing below can be read, let alone trusted
+    probes = [catalog]
     try:
         stale = reap_dead_runs(config)
     except StrongroomError:
