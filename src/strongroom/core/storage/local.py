@@ -64,6 +64,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _size(count: int) -> str:
+    """Bytes for an operator: ``512 bytes``, ``12.3 MB``, ``1.2 GB`` (decimal units)."""
+    if count < 1000:
+        return f"{count} bytes"
+    value = count / 1000.0
+    for unit in ("kB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000.0
+    return f"{value:.1f} TB"
+
+
 def _check_key(key: str) -> list[str]:
     """The key's path segments; refuse anything that could escape the root."""
     parts = key.split("/")
@@ -88,12 +100,14 @@ class _LocalWriter(ObjectWriter):
             raise location.unavailable(exc, final.parent) from exc
         self._file: IO[bytes] | None = os.fdopen(fd, "wb")
         self._done = False
+        self._written = 0
 
     def write(self, data: bytes, /) -> int:
         if self._file is None:
             raise StorageError(f"{self._location.name}: write after commit/abort", self._name)
         try:
             self._file.write(data)
+            self._written += len(data)
         except OSError as exc:
             self.abort()
             raise self._failed("writing", exc) from exc
@@ -133,8 +147,16 @@ class _LocalWriter(ObjectWriter):
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return self._location.unavailable(exc, self._final.parent)
         reason = exc.strerror or str(exc)
+        after = f" after {_size(self._written)}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StorageError(
+                f"{self._name}: no space left on device at {self._final.parent}{after} "
+                f"({reason}): free space there or point BACKUP_LOCAL_PATH at a larger disk",
+                self._name,
+            )
         return StorageError(
-            f"local location '{self._name}': {doing} {self._final} failed ({reason})", self._name
+            f"local location '{self._name}': {doing} {self._final} failed{after} ({reason})",
+            self._name,
         )
 
 

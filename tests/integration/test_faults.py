@@ -1,0 +1,244 @@
+"""The bad night, on real servers: a full disk, a silent cloud, signals, a lock on the target.
+
+Each fault must end the run at once with its real cause in one line, a final status in the
+catalog, and nothing left behind: no child process, no partial or scratch file, no open
+multipart upload, no IN_PROGRESS row. A full disk is a real tmpfs of a few MiB (CI runs as
+root); a dead cloud is a socket that accepts connections and never answers; signals are real
+signals to the real ``strongroom`` process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from strongroom.catalog import bootstrap
+from strongroom.core import crypto
+from strongroom.core.storage.s3 import MiB
+from strongroom.sandbox.demo_data import DemoDatabase
+from strongroom.sandbox.seaweed import SeaweedServer
+
+pytestmark = pytest.mark.integration
+
+CLI = Path(sys.executable).with_name("strongroom")
+#: Variables of the developer's shell that would change what the command does.
+_FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
+#: Small retry budgets so a dead server is reported in seconds, not minutes.
+FAST = {"MAX_ATTEMPTS": "2", "CONNECT_TIMEOUT": "1", "READ_TIMEOUT": "5"}
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"fault-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, seaweed: SeaweedServer, demo_db: DemoDatabase, prefix: str
+) -> dict[str, str]:
+    """Local disk and R2 (optional), a fresh SQLite catalog and a new key."""
+    (tmp_path / "local").mkdir()
+    catalog = f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
+    bootstrap.ensure_django(catalog)
+    r2 = {f"R2_{option}": value for option, value in FAST.items()}
+    return {
+        "DATABASE_URL": demo_db.admin_url,
+        "BACKUP_ENCRYPTION_KEY": crypto.generate_key(),
+        "BACKUP_LOCAL_PATH": str(tmp_path / "local"),
+        "STRONGROOM_LOCATIONS": "local,r2",
+        **seaweed.settings("r2", "r2-backups"),
+        "R2_PREFIX": prefix,
+        **r2,
+        "STRONGROOM_CATALOG_URL": catalog,
+    }
+
+
+@pytest.fixture
+def env(tmp_path: Path, settings: dict[str, str]) -> dict[str, str]:
+    if not CLI.is_file():
+        pytest.fail(f"{CLI} is missing: install the package (pip install -e .)", pytrace=False)
+    (tmp_path / "home").mkdir(exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+    return {**base, "HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path), **settings}
+
+
+@pytest.fixture
+def cli(env: dict[str, str]) -> Cli:
+    """``cli(*args, **overrides)``: the command, configured only through its environment."""
+
+    def run(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(CLI), *args],
+            env={**env, **overrides},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    return run
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB filesystem (tmpfs), so writes fail with ENOSPC as on a full disk."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}", pytrace=False)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def add_ballast(url: str, mib: int) -> None:
+    """A table of incompressible bytes, so the dump is about ``2 * mib`` MB."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.ballast (id int PRIMARY KEY, payload bytea NOT NULL)")
+        conn.execute("ALTER TABLE public.ballast ALTER payload SET STORAGE EXTERNAL")
+        with conn.cursor().copy("COPY public.ballast (id, payload) FROM STDIN") as copy:
+            for i in range(mib):
+                copy.write_row((i, os.urandom(MiB)))
+
+
+def error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The operator's one line: non-zero exit, no traceback, the error last on stderr."""
+    assert done.returncode != 0, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("strongroom: error: "), done.stderr
+    return lines[-1]
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def open_uploads(server: SeaweedServer, bucket: str, prefix: str) -> list[str]:
+    reply = server.client().list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/")
+    return [u["Key"] for u in reply.get("Uploads", [])]
+
+
+def bucket_keys(server: SeaweedServer, bucket: str, prefix: str) -> set[str]:
+    reply = server.client().list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
+    return {item["Key"] for item in reply.get("Contents", [])}
+
+
+def processes_naming(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (pg_dump/pg_restore of a test)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and text.encode() in raw:
+            found.append(raw.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+class SilentServer:
+    """A TCP server that accepts every connection and never says a word (a dead cloud)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.held.append(conn)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=2)
+        for conn in self.held:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def catalog_rows() -> list[tuple[str, str, dict[str, tuple[str, str]]]]:
+    """(status, error, {location: (copy status, copy error)}) of every backup, newest first."""
+    from strongroom.catalog import store
+
+    return [
+        (b.status, b.error, {c.location: (c.status, c.error) for c in store.copies_of(b.id)})
+        for b in store.list_backups()
+    ]
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+
+def test_a_full_local_disk_fails_the_backup_at_once_with_the_space_problem(
+    env: dict[str, str],
+    cli: Cli,
+    tiny_disk: Path,
+    seaweed: SeaweedServer,
+    prefix: str,
+    demo_db: DemoDatabase,
+) -> None:
+    """The required local disk fills up: pg_dump is stopped there and then, the line says
+    'no space left' with the path, the catalog says FAILED, and nothing is left anywhere."""
+    add_ballast(demo_db.admin_url, 24)  # a dump of ~48 MB into a 4 MiB disk
+    done = cli("backup", BACKUP_LOCAL_PATH=str(tiny_disk), BACKUP_PG_DUMP_TIMEOUT="600")
+    line = error_line(done)
+    assert "no space left on device" in line and str(tiny_disk) in line, line
+    assert "BACKUP_PG_DUMP_TIMEOUT" not in line  # the real cause, not the timeout's advice
+    bootstrap.ensure_django(env["STRONGROOM_CATALOG_URL"])
+    ((status, error, copies),) = catalog_rows()
+    assert status == "FAILED" and "no space left on device" in error
+    assert copies["local"][0] == "FAILED" and "no space left" in copies["local"][1]
+    assert copies["r2"][0] == "FAILED"
+    assert files_under(tiny_disk) == set()  # the partial file is gone
+    assert open_uploads(seaweed, "r2-backups", prefix) == []
+    assert bucket_keys(seaweed, "r2-backups", prefix) == set()
+    assert processes_naming(demo_db.name) == []  # pg_dump did not outlive the run
