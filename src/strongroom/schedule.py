@@ -69,9 +69,9 @@ def settings_source(settings: SettingsLike = None, env: Mapping[str, str] | None
     if isinstance(settings, Mapping):
         layered = dict(settings)
     else:
-        from strongroom.conf import SETTING_NAMES
+        from strongroom.config import setting_names
 
-        layered = {n: getattr(settings, n) for n in SETTING_NAMES if hasattr(settings, n)}
+        layered = {n: getattr(settings, n) for n in setting_names() if hasattr(settings, n)}
     return ChainMap(layered, dict(environ))
 
 
