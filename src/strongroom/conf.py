@@ -1,15 +1,14 @@
-"""Configuration inside a Django project: settings first, then the environment.
+"""Configuration inside a Django project: settings first, then the environment, then the file.
 
 Outside Django (standalone CLI, ``celery -A strongroom``) use ``config.config_from_env``.
 """
 
 from __future__ import annotations
 
-import os
 from collections import ChainMap
 from typing import Any
 
-from strongroom.config import Config, load_config, setting_names
+from strongroom.config import Config, environment, load_config, setting_names
 
 
 def __getattr__(name: str) -> Any:
@@ -38,14 +37,15 @@ def _default_database_url() -> str:
     return make_conninfo(**{k: v for k, v in params.items() if v is not None})
 
 
-def config_from_django() -> Config:
-    """Settings override the environment; the database defaults to the project's own."""
+def config_from_django(config_file: str | None = None) -> Config:
+    """Settings override the environment, which overrides the config file (``config_file``, else
+    ``$STRONGROOM_CONFIG``); the database defaults to the project's own."""
     from django.conf import settings
 
     layered: dict[str, Any] = {
         name: getattr(settings, name) for name in setting_names() if hasattr(settings, name)
     }
-    source: ChainMap[str, Any] = ChainMap(layered, dict(os.environ))
+    source: ChainMap[str, Any] = ChainMap(layered, environment(config_file))
     url = source.get("STRONGROOM_DATABASE_URL") or source.get("DATABASE_URL")
     if not url:
         layered["DATABASE_URL"] = _default_database_url()

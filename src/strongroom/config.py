@@ -1,7 +1,8 @@
 """Configuration: one typed ``Config`` built from any mapping of the seed's setting names.
 
-The same names work as environment variables (standalone CLI, ``celery -A strongroom``) and as
-Django settings (see :mod:`strongroom.conf`, which layers ``settings`` over ``os.environ``). This
+The same names work as environment variables (standalone CLI, ``celery -A strongroom``), as
+``NAME=value`` lines of a config file under them (:mod:`strongroom.configfile`), and as Django
+settings (see :mod:`strongroom.conf`, which layers ``settings`` over both). This
 module imports no Django so the CLI can run in a disaster, when the application is gone.
 
 Secrets (keys, S3 credentials, database passwords) are kept as given and never rendered by
@@ -11,6 +12,7 @@ Secrets (keys, S3 credentials, database passwords) are kept as given and never r
 from __future__ import annotations
 
 import os
+from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -310,6 +312,20 @@ def _hour_or_off(source: Mapping[str, Any], name: str, default: int) -> int | No
     return _bounded(source, name, default, 0, 23)
 
 
-def config_from_env() -> Config:
-    """The standalone configuration: environment variables only."""
-    return load_config(os.environ)
+def environment(config_file: str | None = None) -> ChainMap[str, Any]:
+    """The environment over the config file (``config_file``, else ``$STRONGROOM_CONFIG``).
+
+    A blank variable counts as unset, as everywhere else, so it does not hide the file's value.
+    """
+    env = {name: value for name, value in os.environ.items() if value.strip()}
+    path = config_file or env.get(CONFIG_FILE_VAR)
+    if not path:
+        return ChainMap(env)
+    from strongroom.configfile import read_config_file
+
+    return ChainMap(env, read_config_file(path.strip(), setting_names(), secret_names()))
+
+
+def config_from_env(config_file: str | None = None) -> Config:
+    """The standalone configuration: environment variables over the config file, if any."""
+    return load_config(environment(config_file))
