@@ -122,14 +122,19 @@ class LocationType:
                 options[s.option] = value
         if self.derive is not None:
             self.derive(values, options)
-
-        def _given(s: Setting) -> bool:
-            return bool(options.get(s.option) if s.option else values[s.name])
-
-        missing = [s.hint or s.name for s in self.settings if s.required and not _given(s)]
+        missing = _missing(self.settings, values, options)
         problem = f"{self.name} is not configured: set {', '.join(missing)}" if missing else ""
         days = _parsed(source, self.retention) or self.retention.default
         return LocationOptions(options, int(days), problem)
+
+
+def _missing(settings: tuple[Setting, ...], values: Values, options: dict[str, Any]) -> list[str]:
+    """What to set, in declaration order: required settings still empty after ``derive``."""
+    return [
+        s.hint or s.name
+        for s in settings
+        if s.required and not (options.get(s.option) if s.option else values[s.name])
+    ]
 
 
 def _parsed(source: Mapping[str, Any], setting: Setting) -> Any:
