@@ -1,7 +1,8 @@
 """Configuration: one typed ``Config`` built from any mapping of the seed's setting names.
 
-The same names work as environment variables (standalone CLI, ``celery -A strongroom``) and as
-Django settings (see :mod:`strongroom.conf`, which layers ``settings`` over ``os.environ``). This
+The same names work as environment variables (standalone CLI, ``celery -A strongroom``), as
+``NAME=value`` lines of a config file under them (:mod:`strongroom.configfile`), and as Django
+settings (see :mod:`strongroom.conf`, which layers ``settings`` over both). This
 module imports no Django so the CLI can run in a disaster, when the application is gone.
 
 Secrets (keys, S3 credentials, database passwords) are kept as given and never rendered by
@@ -11,15 +12,68 @@ Secrets (keys, S3 credentials, database passwords) are kept as given and never r
 from __future__ import annotations
 
 import os
+from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from strongroom.errors import ConfigError
 
-DEFAULT_LOCAL_PATH = "/var/backups/strongroom"
 DEFAULT_LOCATIONS = ("local", "r2", "b2")
-DEFAULT_RETENTION_DAYS = {"local": 30, "r2": 365, "b2": 365}
+
+#: Every name read here or by :mod:`strongroom.conf`, besides those the storage backends declare
+#: (see :func:`setting_names`). A config file may set exactly these and the backends' names.
+GENERAL_SETTINGS = (
+    "DATABASE_URL",
+    "STRONGROOM_DATABASE_URL",
+    "BACKUP_ENCRYPTION_KEY",
+    "BACKUP_ENCRYPTION_OLD_KEYS",
+    "BACKUP_COMPRESSION",
+    "BACKUP_COMPRESSION_LEVEL",
+    "BACKUP_COMPRESSION_THREADS",
+    "BACKUP_PG_DUMP_TIMEOUT",
+    "BACKUP_PG_BINDIR",
+    "BACKUP_RESTORE_JOBS",
+    "BACKUP_RESTORE_SCRATCH_DIR",
+    "BACKUP_MAX_AGE_HOURS",
+    "BACKUP_NOTIFY_WEBHOOK_URL",
+    "STRONGROOM_CATALOG_URL",
+    "STRONGROOM_LOCATIONS",
+    "STRONGROOM_REQUIRED_LOCATIONS",
+    # Celery: schedule, queue, priority, retries, time limits (strongroom.schedule)
+    "BACKUP_SCHEDULE_HOUR",
+    "BACKUP_SCHEDULE_MINUTE",
+    "BACKUP_QUEUE",
+    "BACKUP_TASK_PRIORITY",
+    "BACKUP_QUEUE_MAX_PRIORITY",
+    "BACKUP_TASK_MAX_RETRIES",
+    "BACKUP_TASK_RETRY_BACKOFF",
+    "BACKUP_TASK_RETRY_BACKOFF_MAX",
+    "BACKUP_TASK_SOFT_TIME_LIMIT",
+    "BACKUP_TASK_TIME_LIMIT",
+    "BACKUP_VERIFY_AFTER_BACKUP",
+    "BACKUP_PRUNE_HOUR",
+    "BACKUP_HEAL_HOUR",
+    "CELERY_BROKER_URL",
+)
+#: General names whose values are secret (the backends mark their own).
+GENERAL_SECRETS = ("BACKUP_ENCRYPTION_KEY", "BACKUP_ENCRYPTION_OLD_KEYS")
+#: The variable naming a config file when ``--config`` is not given.
+CONFIG_FILE_VAR = "STRONGROOM_CONFIG"
+
+
+def setting_names() -> tuple[str, ...]:
+    """Every known setting: the general ones, then each registered location's."""
+    from strongroom.core.storage import setting_names as location_settings
+
+    return (*GENERAL_SETTINGS, *location_settings())
+
+
+def secret_names() -> frozenset[str]:
+    """Settings whose values are secret: keys and the backends' credentials."""
+    from strongroom.core.storage import secret_setting_names
+
+    return frozenset((*GENERAL_SECRETS, *secret_setting_names()))
 
 
 @dataclass(frozen=True)
@@ -137,72 +191,23 @@ def _names(source: Mapping[str, Any], name: str, default: tuple[str, ...]) -> tu
     return tuple(str(item).strip() for item in items if str(item).strip())
 
 
-def _local_spec(source: Mapping[str, Any], required: bool) -> LocationSpec:
-    path = _get(source, "BACKUP_LOCAL_PATH", DEFAULT_LOCAL_PATH)
-    days = _int(source, "BACKUP_LOCAL_RETENTION_DAYS", DEFAULT_RETENTION_DAYS["local"])
-    return LocationSpec("local", "local", required, days or 30, {"path": str(path)})
-
-
-_CLOUD_VARS = ("BUCKET_NAME", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
-
-
-def _cloud_spec(source: Mapping[str, Any], name: str, required: bool) -> LocationSpec:
-    """R2 and B2 share one shape; only the default endpoint differs."""
-    from strongroom.core.storage.s3 import b2_endpoint, r2_endpoint
-
-    env = name.upper()
-    opts: dict[str, Any] = {
-        "bucket": _get(source, f"{env}_BUCKET_NAME"),
-        "access_key_id": _get(source, f"{env}_ACCESS_KEY_ID"),
-        "secret_access_key": _get(source, f"{env}_SECRET_ACCESS_KEY"),
-        "prefix": _get(source, f"{env}_PREFIX", ""),
-        "endpoint_url": _get(source, f"{env}_ENDPOINT_URL"),
-    }
-    region = _get(source, f"{env}_REGION")
-    if name == "r2":
-        opts["region"] = region or "auto"
-        account = _get(source, "R2_ACCOUNT_ID")
-        if not opts["endpoint_url"] and account:
-            opts["endpoint_url"] = r2_endpoint(str(account))
-    else:
-        opts["region"] = region or "us-east-005"
-        if not opts["endpoint_url"] and region:
-            opts["endpoint_url"] = b2_endpoint(str(region))
-    for key in ("max_attempts", "part_retries", "connect_timeout", "read_timeout", "part_size"):
-        value = _get(source, f"{env}_{key.upper()}")
-        if value is None:
-            continue
-        try:
-            opts[key] = float(value) if "timeout" in key else int(value)
-        except (TypeError, ValueError):
-            kind = "a number of seconds" if "timeout" in key else "a whole number"
-            raise ConfigError(f"{env}_{key.upper()} must be {kind}, got {value!r}") from None
-    missing = [f"{env}_{v}" for v in _CLOUD_VARS if not _get(source, f"{env}_{v}")]
-    if not opts["endpoint_url"]:
-        missing.append(
-            f"{env}_ENDPOINT_URL or " + ("R2_ACCOUNT_ID" if name == "r2" else "B2_REGION")
-        )
-    problem = f"{name} is not configured: set {', '.join(missing)}" if missing else ""
-    days = _int(source, f"{env}_RETENTION_DAYS", DEFAULT_RETENTION_DAYS[name]) or 365
-    opts = {k: v for k, v in opts.items() if v is not None}
-    return LocationSpec(name, "s3", required, days, opts, problem)
-
-
 def _location_specs(source: Mapping[str, Any]) -> tuple[LocationSpec, ...]:
+    """Each named location as its registered backend module reads it from ``source``."""
+    from strongroom.core.storage import location_type, location_types
+
     names = _names(source, "STRONGROOM_LOCATIONS", DEFAULT_LOCATIONS)
     required = set(_names(source, "STRONGROOM_REQUIRED_LOCATIONS", ("local",)))
     specs = []
     for name in names:
-        if name == "local":
-            specs.append(_local_spec(source, name in required))
-        elif name in ("r2", "b2"):
-            specs.append(_cloud_spec(source, name, name in required))
-        else:
-            raise ConfigError(
-                f"STRONGROOM_LOCATIONS names unknown location {name!r}: use local, r2 and/or b2"
-            )
+        kind = location_type(name)  # raises with the registered names
+        read = kind.read(source)
+        spec = LocationSpec(
+            name, kind.kind, name in required, read.retention_days, read.options, read.problem
+        )
+        specs.append(spec)
     if not specs:
-        raise ConfigError("STRONGROOM_LOCATIONS is empty: name at least one of local, r2, b2")
+        known = ", ".join(t.name for t in location_types())
+        raise ConfigError(f"STRONGROOM_LOCATIONS is empty: name at least one of {known}")
     return tuple(specs)
 
 
@@ -307,6 +312,20 @@ def _hour_or_off(source: Mapping[str, Any], name: str, default: int) -> int | No
     return _bounded(source, name, default, 0, 23)
 
 
-def config_from_env() -> Config:
-    """The standalone configuration: environment variables only."""
-    return load_config(os.environ)
+def environment(config_file: str | None = None) -> ChainMap[str, Any]:
+    """The environment over the config file (``config_file``, else ``$STRONGROOM_CONFIG``).
+
+    A blank variable counts as unset, as everywhere else, so it does not hide the file's value.
+    """
+    env = {name: value for name, value in os.environ.items() if value.strip()}
+    path = config_file or env.get(CONFIG_FILE_VAR)
+    if not path:
+        return ChainMap(env)
+    from strongroom.configfile import read_config_file
+
+    return ChainMap(env, read_config_file(path.strip(), setting_names(), secret_names()))
+
+
+def config_from_env(config_file: str | None = None) -> Config:
+    """The standalone configuration: environment variables over the config file, if any."""
+    return load_config(environment(config_file))

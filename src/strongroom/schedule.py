@@ -27,7 +27,7 @@ from celery import Celery
 from celery.schedules import crontab
 from kombu import Queue
 
-from strongroom.config import TaskSettings, load_task_settings
+from strongroom.config import TaskSettings, environment, load_task_settings
 from strongroom.errors import StrongroomError
 
 BACKUP_TASK = "strongroom.tasks.daily_full_database_backup"
@@ -59,19 +59,20 @@ SettingsLike = Mapping[str, Any] | object | None
 def settings_source(settings: SettingsLike = None, env: Mapping[str, str] | None = None) -> Any:
     """A mapping view of ``settings`` (a mapping, a settings object or module) over ``env``.
 
-    ``None`` means the environment alone (the standalone CLI and ``celery -A strongroom``).
+    ``None`` means the environment over the config file named by ``STRONGROOM_CONFIG`` (the
+    standalone CLI and ``celery -A strongroom``).
     Django settings (or a settings module's ``globals()``) take precedence, as in
     :func:`strongroom.conf.config_from_django`.
     """
-    environ: Mapping[str, str] = os.environ if env is None else env
+    environ: Mapping[str, Any] = environment() if env is None else env
     if settings is None:
         return ChainMap({}, dict(environ))
     if isinstance(settings, Mapping):
         layered = dict(settings)
     else:
-        from strongroom.conf import SETTING_NAMES
+        from strongroom.config import setting_names
 
-        layered = {n: getattr(settings, n) for n in SETTING_NAMES if hasattr(settings, n)}
+        layered = {n: getattr(settings, n) for n in setting_names() if hasattr(settings, n)}
     return ChainMap(layered, dict(environ))
 
 

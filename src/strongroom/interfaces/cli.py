@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from strongroom import __version__
-from strongroom.config import Config, config_from_env
+from strongroom.config import CONFIG_FILE_VAR, Config, config_from_env
 from strongroom.errors import CatalogError, ConfigError, StrongroomError
 from strongroom.interfaces import render
 
@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"strongroom {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    _config_option(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = sub.add_parser("backup", help="dump, compress, encrypt and store the database now")
@@ -92,6 +93,24 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="leave the servers running at the end")
     _retention_commands(sub)
     return p
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"read NAME=value settings from FILE (default ${CONFIG_FILE_VAR}); "
+        "the environment wins over it",
+    )
+
+
+def config_file_option(argv: Sequence[str]) -> str | None:
+    """The ``--config FILE`` of a command line, for ``manage.py strongroom`` (it loads first)."""
+    p = argparse.ArgumentParser(add_help=False)
+    _config_option(p)
+    known, _ = p.parse_known_args(list(argv))
+    value: str | None = known.config
+    return value
 
 
 def _json(p: argparse.ArgumentParser) -> None:
@@ -195,7 +214,7 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
     if args.command == "demo":
         return commands.demo(args)
     if config is None:
-        config = config_from_env()
+        config = config_from_env(args.config)
         _open_catalog(args, config)
     handlers: dict[str, Handler] = {
         "backup": commands.backup,

@@ -28,6 +28,7 @@ from strongroom.core.storage.base import (
     ObjectWriter,
     register_backend,
 )
+from strongroom.core.storage.settings import LocationType, Setting, integer, register_location
 from strongroom.core.streams import Reader
 from strongroom.errors import ConfigError, LocationUnavailable, ObjectNotFound, StorageError
 
@@ -383,3 +384,15 @@ class LocalLocation(Location):
                 raise self.unavailable(exc, path.parent) from exc
             removed += 1
         return removed
+
+
+DEFAULT_LOCAL_PATH = "/var/backups/strongroom"
+
+LOCAL = register_location(
+    LocationType(
+        "local",
+        LocalLocation,
+        settings=(Setting("BACKUP_LOCAL_PATH", "path", default=DEFAULT_LOCAL_PATH),),
+        retention=Setting("BACKUP_LOCAL_RETENTION_DAYS", parse=integer, default=30),
+    )
+)

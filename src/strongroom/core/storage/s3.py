@@ -40,6 +40,15 @@ from strongroom.core.storage.base import (
     ObjectWriter,
     register_backend,
 )
+from strongroom.core.storage.settings import (
+    LocationType,
+    Setting,
+    Values,
+    integer,
+    register_location,
+    seconds,
+    whole_number,
+)
 from strongroom.core.streams import Reader
 from strongroom.errors import (
     ConfigError,
@@ -663,3 +672,59 @@ def _aware(moment: datetime | None) -> datetime | None:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
+
+
+# -- the S3-compatible locations: Cloudflare R2 and Backblaze B2 -------------------------------
+
+
+def _cloud_settings(env: str, region: str, endpoint_from: str) -> tuple[Setting, ...]:
+    """R2 and B2 share one shape: the default region and the endpoint's source differ."""
+    return (
+        Setting(f"{env}_BUCKET_NAME", "bucket", required=True),
+        Setting(f"{env}_ACCESS_KEY_ID", "access_key_id", required=True),
+        Setting(f"{env}_SECRET_ACCESS_KEY", "secret_access_key", required=True, secret=True),
+        Setting(
+            f"{env}_ENDPOINT_URL",
+            "endpoint_url",
+            required=True,
+            hint=f"{env}_ENDPOINT_URL or {endpoint_from}",
+        ),
+        Setting(f"{env}_REGION", "region", default=region),
+        *(() if endpoint_from == f"{env}_REGION" else (Setting(endpoint_from),)),
+        Setting(f"{env}_PREFIX", "prefix", default=""),
+        Setting(f"{env}_MAX_ATTEMPTS", "max_attempts", whole_number),
+        Setting(f"{env}_PART_RETRIES", "part_retries", whole_number),
+        Setting(f"{env}_CONNECT_TIMEOUT", "connect_timeout", seconds),
+        Setting(f"{env}_READ_TIMEOUT", "read_timeout", seconds),
+        Setting(f"{env}_PART_SIZE", "part_size", whole_number),
+    )
+
+
+def _r2_endpoint(values: Values, options: dict[str, Any]) -> None:
+    if not options.get("endpoint_url") and values["R2_ACCOUNT_ID"]:
+        options["endpoint_url"] = r2_endpoint(str(values["R2_ACCOUNT_ID"]))
+
+
+def _b2_endpoint(values: Values, options: dict[str, Any]) -> None:
+    if not options.get("endpoint_url") and values["B2_REGION"]:
+        options["endpoint_url"] = b2_endpoint(str(values["B2_REGION"]))
+
+
+R2 = register_location(
+    LocationType(
+        "r2",
+        S3Location,
+        settings=_cloud_settings("R2", "auto", "R2_ACCOUNT_ID"),
+        retention=Setting("R2_RETENTION_DAYS", parse=integer, default=365),
+        derive=_r2_endpoint,
+    )
+)
+B2 = register_location(
+    LocationType(
+        "b2",
+        S3Location,
+        settings=_cloud_settings("B2", "us-east-005", "B2_REGION"),
+        retention=Setting("B2_RETENTION_DAYS", parse=integer, default=365),
+        derive=_b2_endpoint,
+    )
+)

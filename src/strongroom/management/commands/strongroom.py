@@ -22,12 +22,13 @@ class Command(BaseCommand):
     def run_from_argv(self, argv: list[str]) -> None:
         # Hand everything after "strongroom" to our own parser so --help and flags are ours.
         from strongroom.conf import config_from_django
-        from strongroom.interfaces.cli import main
+        from strongroom.interfaces.cli import config_file_option, main
 
         self._setup_django_only()
         args = argv[2:]
         lazy = args[:1] in (["keygen"], ["demo"], ["--help"], ["-h"], [])
-        code = main(args, config=None if lazy else config_from_django())
+        config = None if lazy else config_from_django(config_file_option(args))
+        code = main(args, config=config)
         sys.exit(code)
 
     def _setup_django_only(self) -> None:
@@ -37,8 +38,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         from strongroom.conf import config_from_django
-        from strongroom.interfaces.cli import main
+        from strongroom.interfaces.cli import config_file_option, main
 
-        code = main(list(args), config=config_from_django())
+        code = main(list(args), config=config_from_django(config_file_option(args)))
         if code:
             raise CommandError(f"strongroom exited with status {code}", returncode=code)

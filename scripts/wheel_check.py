@@ -1,0 +1,90 @@
+"""Drive an installed ``strongroom`` command the way an operator does (see scripts/wheel-check).
+
+Runs with the dev venv's interpreter, which starts the throwaway PostgreSQL and compares tables;
+every ``strongroom`` command runs from the installed wheel, outside the source tree, with nothing
+but the variables set here. Any failure prints the command's stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from strongroom.sandbox.demo_data import create_demo_database, table_digests  # noqa: E402
+from strongroom.sandbox.pgcluster import PgCluster  # noqa: E402
+
+SIZES = {"tenants": 2, "customers_per_tenant": 20, "items_per_tenant": 20, "sales_per_tenant": 30}
+
+
+class CheckFailed(Exception):
+    """One step of the check did not do what an operator expects."""
+
+
+def run(cli: Path, work: Path, env: dict[str, str], *args: str) -> str:
+    """Run ``strongroom ARGS`` from ``work``; its stdout, or ``CheckFailed`` with its stderr."""
+    done = subprocess.run(
+        [str(cli), *args], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
+    if done.returncode != 0:
+        raise CheckFailed(f"strongroom {args[0]} exited {done.returncode}:\n{done.stderr.strip()}")
+    print(f"wheel-check: strongroom {' '.join(args)}: ok", file=sys.stderr)
+    return done.stdout
+
+
+def base_env(work: Path) -> dict[str, str]:
+    """Only what a shell needs: no PYTHONPATH, no strongroom or libpq variables of the caller."""
+    keep = ("PATH", "LANG", "LC_ALL", "TZ")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    (work / "home").mkdir(parents=True)
+    env["HOME"] = str(work / "home")
+    return env
+
+
+def exercise(cli: Path, work: Path, cluster: PgCluster) -> None:
+    """keygen, check, backup, verify, restore; the restored tables must equal the source's."""
+    env = base_env(work)
+    key = run(cli, work, env, "keygen").strip()
+    if len(key) < 40:
+        raise CheckFailed("strongroom keygen printed no key")
+    shop = create_demo_database(cluster.url(), "wheel_shop", **SIZES)
+    (work / "local").mkdir()
+    env.update(
+        DATABASE_URL=shop.admin_url,
+        BACKUP_ENCRYPTION_KEY=key,
+        BACKUP_LOCAL_PATH=str(work / "local"),
+        STRONGROOM_LOCATIONS="local",
+        STRONGROOM_CATALOG_URL=f"sqlite:///{work / 'catalog.sqlite3'}",
+    )
+    backup: dict[str, Any] = json.loads(run(cli, work, env, "backup", "--json", "--no-progress"))
+    if backup.get("status") != "COMPLETED":
+        raise CheckFailed(f"backup status {backup.get('status')}: {backup.get('error')}")
+    run(cli, work, env, "check")
+    run(cli, work, env, "verify", "--latest", "--no-progress")
+    target = cluster.url("wheel_restored")
+    run(cli, work, env, "restore", "--latest", "--target", target, "--no-progress")
+    if table_digests(target) != table_digests(shop.admin_url):
+        raise CheckFailed("the restored database differs from the source")
+
+
+def main(argv: list[str]) -> int:
+    cli, work = Path(argv[0]), Path(argv[1])
+    work.mkdir(parents=True)
+    try:
+        with PgCluster() as cluster:
+            exercise(cli, work, cluster)
+    except CheckFailed as exc:
+        print(f"wheel-check: FAILED: {exc}", file=sys.stderr)
+        return 1
+    print("wheel-check: the installed wheel backs up, verifies and restores", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,188 @@
+"""Which settings a location reads, declared by the backend module that serves it.
+
+A backend module registers one :class:`LocationType` per location name it serves (``local``,
+``r2``, ``b2``, ...): the backend class, every setting with its parser, default and secrecy, and
+how derived options are filled in. The configuration loader, the Django settings list, the config
+file's known names and the README's table all read these declarations, so they cannot drift, and
+adding a backend means adding one module. Nothing here imports Django or :mod:`strongroom.config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from strongroom.errors import ConfigError
+
+if TYPE_CHECKING:
+    from strongroom.core.storage.base import Location
+
+#: ``parse(setting_name, raw_value)``: the typed value, or a ``ConfigError`` naming the setting.
+Parser = Callable[[str, Any], Any]
+#: Setting name -> parsed value, ``None`` when the setting is unset (or blank).
+Values = dict[str, Any]
+
+
+def raw(source: Mapping[str, Any], name: str) -> Any:
+    """``source[name]`` with surrounding blanks removed; unset and blank both mean ``None``."""
+    value = source.get(name)
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    return value
+
+
+def text(name: str, value: Any) -> str:
+    """Any value, as text."""
+    return str(value)
+
+
+def integer(name: str, value: Any) -> int:
+    """An integer such as a number of days."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+
+
+def whole_number(name: str, value: Any) -> int:
+    """A count or a size in bytes."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def seconds(name: str, value: Any) -> float:
+    """A duration in seconds (fractions allowed)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting a location reads, and the backend option it fills."""
+
+    name: str
+    #: Key in the options for ``Location.from_options``; ``None`` when only ``derive`` reads it.
+    option: str | None = None
+    parse: Parser = text
+    default: Any = None
+    #: Missing (after ``derive``) makes the location unusable; ``hint`` is what to set instead.
+    required: bool = False
+    hint: str = ""
+    #: Credentials and keys: never shown, and a config file holding one must be private.
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class LocationOptions:
+    """What the settings say about one location: backend options, or why it is unusable."""
+
+    options: dict[str, Any]
+    retention_days: int
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class LocationType:
+    """A location name, the backend class that serves it and every setting it reads."""
+
+    name: str
+    backend: type[Location]
+    settings: tuple[Setting, ...]
+    #: Days a copy is kept; its default applies when unset or 0.
+    retention: Setting
+    #: Fill options from other settings (an endpoint from an account id), given parsed values.
+    derive: Callable[[Values, dict[str, Any]], None] | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.backend.kind
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every setting name this location reads, retention included."""
+        return (*(s.name for s in self.settings), self.retention.name)
+
+    @property
+    def secret_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.settings if s.secret)
+
+    def read(self, source: Mapping[str, Any]) -> LocationOptions:
+        """This location's settings parsed from ``source``; a malformed value is a ConfigError."""
+        values = {s.name: _parsed(source, s) for s in self.settings}
+        options: dict[str, Any] = {}
+        for s in self.settings:
+            value = values[s.name] if values[s.name] is not None else s.default
+            if s.option is not None and value is not None:
+                options[s.option] = value
+        if self.derive is not None:
+            self.derive(values, options)
+        missing = _missing(self.settings, values, options)
+        problem = f"{self.name} is not configured: set {', '.join(missing)}" if missing else ""
+        days = _parsed(source, self.retention) or self.retention.default
+        return LocationOptions(options, int(days), problem)
+
+
+def _missing(settings: tuple[Setting, ...], values: Values, options: dict[str, Any]) -> list[str]:
+    """What to set, in declaration order: required settings still empty after ``derive``."""
+    return [
+        s.hint or s.name
+        for s in settings
+        if s.required and not (options.get(s.option) if s.option else values[s.name])
+    ]
+
+
+def _parsed(source: Mapping[str, Any], setting: Setting) -> Any:
+    value = raw(source, setting.name)
+    return None if value is None else setting.parse(setting.name, value)
+
+
+_LOCATIONS: dict[str, LocationType] = {}
+
+
+def register_location(location_type: LocationType) -> LocationType:
+    """Serve ``location_type.name`` (a later registration of the same name replaces it)."""
+    _LOCATIONS[location_type.name] = location_type
+    return location_type
+
+
+def unregister_location(name: str) -> None:
+    """Forget a location name (tests that register their own backend clean up with this)."""
+    _LOCATIONS.pop(name, None)
+
+
+def location_types() -> tuple[LocationType, ...]:
+    """Every registered location, in registration order."""
+    return tuple(_LOCATIONS.values())
+
+
+def location_type(name: str) -> LocationType:
+    """The registered location ``name``; a ``ConfigError`` lists the known names otherwise."""
+    try:
+        return _LOCATIONS[name]
+    except KeyError:
+        raise ConfigError(
+            f"STRONGROOM_LOCATIONS names unknown location {name!r}: use {known_locations()}"
+        ) from None
+
+
+def known_locations() -> str:
+    """``local, r2 and/or b2``: the registered names, for messages."""
+    names = list(_LOCATIONS)
+    if len(names) < 2:
+        return names[0] if names else "none (no storage backend is registered)"
+    return f"{', '.join(names[:-1])} and/or {names[-1]}"
+
+
+def setting_names() -> tuple[str, ...]:
+    """Every setting name the registered locations read."""
+    return tuple(n for t in location_types() for n in t.names)
+
+
+def secret_setting_names() -> tuple[str, ...]:
+    return tuple(n for t in location_types() for n in t.secret_names)
