@@ -7,17 +7,14 @@ stderr and its exit code; nothing else turns errors into exit codes.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from strongroom import __version__
 from strongroom.config import Config, config_from_env
-from strongroom.errors import ConfigError, StrongroomError
-from strongroom.interfaces import render
+from strongroom.errors import StrongroomError
 
 log = logging.getLogger("strongroom")
 
@@ -205,16 +202,4 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
     return handlers[args.command](args, config)
 
 
-def emit_json(document: Any) -> None:
-    json.dump(document, sys.stdout, indent=2, sort_keys=True, default=str)
-    sys.stdout.write("\n")
-
-
-def env_secret(var: str) -> str:
-    value = os.environ.get(var, "")
-    if not value:
-        raise ConfigError(f"environment variable {var} is empty: export the password there")
-    return value
-
-
-__all__ = ["emit_json", "env_secret", "main", "render"]
+__all__ = ["main"]

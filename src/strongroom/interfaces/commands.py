@@ -8,8 +8,8 @@ import os
 from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core import crypto, postgres
+from strongroom.errors import ConfigError
 from strongroom.interfaces import render
-from strongroom.interfaces.cli import emit_json, env_secret
 from strongroom.services import backup as backup_service
 from strongroom.services import health
 from strongroom.services import restore as restore_service
@@ -33,7 +33,7 @@ def backup(args: argparse.Namespace, config: Config) -> int:
         report = backup_service.run_full_backup(config, progress=lambda raw, stored: update(raw))
     doc = store.backup_to_dict(store.get_backup(report.id))
     if args.json:
-        emit_json(doc)
+        render.emit_json(doc)
     else:
         render.backup_detail(doc)
     if report.status != "COMPLETED":
@@ -47,7 +47,7 @@ def backup(args: argparse.Namespace, config: Config) -> int:
 def list_backups(args: argparse.Namespace, config: Config) -> int:
     rows = [store.backup_to_dict(b) for b in store.list_backups(args.database, args.limit)]
     if args.json:
-        emit_json(rows)
+        render.emit_json(rows)
     else:
         render.backups_table(rows)
     return 0
@@ -56,7 +56,7 @@ def list_backups(args: argparse.Namespace, config: Config) -> int:
 def show(args: argparse.Namespace, config: Config) -> int:
     doc = store.backup_to_dict(store.get_backup(args.id))
     if args.json:
-        emit_json(doc)
+        render.emit_json(doc)
     else:
         render.backup_detail(doc)
     return 0
@@ -70,7 +70,7 @@ def verify(args: argparse.Namespace, config: Config) -> int:
         doc = store.backup_to_dict(store.get_backup(report.id))
         doc["checks"] = [vars(c) for c in report.copies]
         doc["absent"] = report.absent
-        emit_json(doc)
+        render.emit_json(doc)
     else:
         for c in report.copies:
             mark = "ok  " if c.ok else "FAIL"
@@ -102,7 +102,7 @@ def restore(args: argparse.Namespace, config: Config) -> int:
             progress=update,
         )
     if args.json:
-        emit_json(
+        render.emit_json(
             {
                 "id": report.id,
                 "status": "RESTORED" if report.ok else "MISMATCH",
@@ -144,7 +144,7 @@ def restore(args: argparse.Namespace, config: Config) -> int:
 def check(args: argparse.Namespace, config: Config) -> int:
     report = health.run_checks(config)
     if args.json:
-        emit_json(
+        render.emit_json(
             {
                 "ok": report.ok,
                 "status": "OK" if report.ok else "FAILED",
@@ -165,7 +165,7 @@ def setup_role(args: argparse.Namespace, config: Config) -> int:
         for stmt in postgres.setup_role_sql(args.name, target.dbname):
             print(stmt + ";")
         return 0
-    password = env_secret(args.password_env) if args.password_env else None
+    password = _env_secret(args.password_env) if args.password_env else None
     postgres.apply_setup_role(target, args.name, password)
     render.out.print(
         f"role {args.name} ready on {target.dbname}: LOGIN, BYPASSRLS, read-only. "
@@ -179,7 +179,7 @@ def prune(args: argparse.Namespace, config: Config) -> int:
 
     report = prune_service.prune_backups(config, dry_run=args.dry_run, database=args.database)
     if args.json:
-        emit_json(
+        render.emit_json(
             {
                 "now": report.now,
                 "dry_run": report.dry_run,
@@ -221,7 +221,7 @@ def heal(args: argparse.Namespace, config: Config) -> int:
 
     report = heal_service.heal_backups(config, None if args.all else args.id, deep=args.deep)
     if args.json:
-        emit_json(
+        render.emit_json(
             {
                 "ok": report.ok,
                 "checked": report.checked,
@@ -250,7 +250,7 @@ def catalog(args: argparse.Namespace, config: Config) -> int:
         config, args.from_location, probe_others=not args.no_probe
     )
     if args.json:
-        emit_json(
+        render.emit_json(
             {
                 "ok": report.ok,
                 "location": report.location,
@@ -273,3 +273,11 @@ def catalog(args: argparse.Namespace, config: Config) -> int:
         render.err.print(f"strongroom: error: rebuild incomplete: {report.problems()}")
         return 11
     return 0
+
+
+def _env_secret(var: str) -> str:
+    """A password from the environment, never from argv (where ``ps`` would show it)."""
+    value = os.environ.get(var, "")
+    if not value:
+        raise ConfigError(f"environment variable {var} is empty: export the password there")
+    return value
