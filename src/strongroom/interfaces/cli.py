@@ -14,7 +14,7 @@ from typing import Any
 
 from strongroom import __version__
 from strongroom.config import Config, config_from_env
-from strongroom.errors import StrongroomError
+from strongroom.errors import ExitCode, StrongroomError
 
 log = logging.getLogger("strongroom")
 
@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("strongroom: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:  # a bug or an untranslated failure: still one line, no traceback
         if args.verbose:
             log.exception("unexpected failure")
@@ -172,7 +172,7 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
             "(run with -v for the traceback)",
             file=sys.stderr,
         )
-        return 1
+        return ExitCode.FAILED
 
 
 def _dispatch(args: argparse.Namespace, config: Config | None) -> int:

@@ -8,7 +8,7 @@ import os
 from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core import crypto, postgres
-from strongroom.errors import ConfigError
+from strongroom.errors import ConfigError, ExitCode
 from strongroom.interfaces import render
 from strongroom.services import backup as backup_service
 from strongroom.services import health
@@ -18,7 +18,7 @@ from strongroom.services import verify as verify_service
 
 def keygen(args: argparse.Namespace) -> int:
     print(crypto.generate_key())
-    return 0
+    return ExitCode.OK
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -40,8 +40,8 @@ def backup(args: argparse.Namespace, config: Config) -> int:
         render.err.print(
             f"strongroom: error: backup {report.id} is {report.status}: {report.error}"
         )
-        return 6
-    return 0
+        return ExitCode.BACKUP_INCOMPLETE
+    return ExitCode.OK
 
 
 def list_backups(args: argparse.Namespace, config: Config) -> int:
@@ -50,7 +50,7 @@ def list_backups(args: argparse.Namespace, config: Config) -> int:
         render.emit_json(rows)
     else:
         render.backups_table(rows)
-    return 0
+    return ExitCode.OK
 
 
 def show(args: argparse.Namespace, config: Config) -> int:
@@ -59,7 +59,7 @@ def show(args: argparse.Namespace, config: Config) -> int:
         render.emit_json(doc)
     else:
         render.backup_detail(doc)
-    return 0
+    return ExitCode.OK
 
 
 def verify(args: argparse.Namespace, config: Config) -> int:
@@ -85,8 +85,8 @@ def verify(args: argparse.Namespace, config: Config) -> int:
         render.err.print(
             f"strongroom: error: backup {report.id} failed verification: {report.problems()}"
         )
-        return 4
-    return 0
+        return ExitCode.INTEGRITY
+    return ExitCode.OK
 
 
 def restore(args: argparse.Namespace, config: Config) -> int:
@@ -137,8 +137,8 @@ def restore(args: argparse.Namespace, config: Config) -> int:
             f"strongroom: error: row counts differ from the manifest in "
             f"{len(report.mismatches)} table(s): {', '.join(report.mismatches)}"
         )
-        return 7
-    return 0
+        return ExitCode.RESTORE_MISMATCH
+    return ExitCode.OK
 
 
 def check(args: argparse.Namespace, config: Config) -> int:
@@ -155,7 +155,7 @@ def check(args: argparse.Namespace, config: Config) -> int:
         for p in report.probes:
             mark = "ok  " if p.ok else ("FAIL" if p.required else "warn")
             render.out.print(f"{mark} {p.name:<16} {p.detail}", soft_wrap=True)
-    return 0 if report.ok else 8
+    return ExitCode.OK if report.ok else ExitCode.CHECK_FAILED
 
 
 def setup_role(args: argparse.Namespace, config: Config) -> int:
@@ -164,14 +164,14 @@ def setup_role(args: argparse.Namespace, config: Config) -> int:
     if args.dry_run:
         for stmt in postgres.setup_role_sql(args.name, target.dbname):
             print(stmt + ";")
-        return 0
+        return ExitCode.OK
     password = _env_secret(args.password_env) if args.password_env else None
     postgres.apply_setup_role(target, args.name, password)
     render.out.print(
         f"role {args.name} ready on {target.dbname}: LOGIN, BYPASSRLS, read-only. "
         f"Point DATABASE_URL at it (password in PGPASSWORD or a passfile)."
     )
-    return 0
+    return ExitCode.OK
 
 
 def prune(args: argparse.Namespace, config: Config) -> int:
@@ -212,8 +212,8 @@ def prune(args: argparse.Namespace, config: Config) -> int:
         render.out.print(f"{done} {count} copies, kept {len(report.plan.to_keep)}")
     if not report.ok:
         render.err.print(f"strongroom: error: prune incomplete: {report.problems()}")
-        return 9
-    return 0
+        return ExitCode.PRUNE_INCOMPLETE
+    return ExitCode.OK
 
 
 def heal(args: argparse.Namespace, config: Config) -> int:
@@ -238,8 +238,8 @@ def heal(args: argparse.Namespace, config: Config) -> int:
         )
     if not report.ok:
         render.err.print(f"strongroom: error: heal incomplete: {report.problems()}")
-        return 10
-    return 0
+        return ExitCode.HEAL_INCOMPLETE
+    return ExitCode.OK
 
 
 def catalog(args: argparse.Namespace, config: Config) -> int:
@@ -271,8 +271,8 @@ def catalog(args: argparse.Namespace, config: Config) -> int:
         )
     if not report.ok:
         render.err.print(f"strongroom: error: rebuild incomplete: {report.problems()}")
-        return 11
-    return 0
+        return ExitCode.REBUILD_INCOMPLETE
+    return ExitCode.OK
 
 
 def _env_secret(var: str) -> str:

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from strongroom.config import load_config
 from strongroom.core import crypto, postgres
-from strongroom.errors import PreflightError, StrongroomError
+from strongroom.errors import ExitCode, PreflightError, StrongroomError
 from strongroom.interfaces import render
 from strongroom.sandbox.demo_data import (
     DemoDatabase,
@@ -74,7 +74,7 @@ def run_demo(scale: int = 1, keep: bool = False) -> int:
     """Run the demo; exit 0 when the restored database equals the source, row for row."""
     if scale < 1:
         render.err.print("strongroom: error: --scale must be 1 or more")
-        return 2
+        return ExitCode.CONFIG
     base = Path(tempfile.mkdtemp(prefix="strongroom-demo-"))
     kept = False
     try:
@@ -97,7 +97,7 @@ def run_demo(scale: int = 1, keep: bool = False) -> int:
             f"[bold]strongroom list[/]. Stop them and remove their files with "
             f"[bold]sh {base / 'stop.sh'}[/]."
         )
-    return 0 if result.ok else 1
+    return ExitCode.OK if result.ok else ExitCode.FAILED
 
 
 def _hand_over(servers: ExitStack, base: Path, result: DemoResult) -> None:
