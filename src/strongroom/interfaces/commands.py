@@ -22,7 +22,7 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from strongroom.sandbox.demo import run_demo
+    from strongroom.interfaces.demo import run_demo
 
     return run_demo(scale=args.scale, keep=args.keep)
 

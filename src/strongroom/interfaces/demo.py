@@ -5,6 +5,9 @@ application role), SeaweedFS standing in for Cloudflare R2 and Backblaze B2, a f
 SQLite catalog and a temporary local location. It then does what an operator would: sees the
 application role refused by the RLS preflight, creates the backup role, backs up to all three
 locations, verifies every copy, restores into a new database and proves it equal, row for row.
+
+The flow lives with the interfaces because it is one: it calls the same services the CLI does
+and renders a summary; ``strongroom.sandbox`` only provides the servers and the shop's data.
 """
 
 from __future__ import annotations
