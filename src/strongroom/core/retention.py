@@ -63,8 +63,6 @@ from datetime import UTC, datetime, timedelta
 RUNNING_BACKUP_STATES = frozenset({"PENDING", "IN_PROGRESS", "RUNNING"})
 #: Copy statuses whose object (may) hold the backup's data.
 DATA_COPY_STATES = frozenset({"STORED", "VERIFIED", "CORRUPT", "MISSING"})
-#: Copy statuses that never held restorable data.
-FAILED_COPY_STATES = frozenset({"FAILED", "PENDING"})
 
 Clock = Callable[[], datetime]
 

@@ -149,7 +149,7 @@ def _run(base: Path, scale: int, servers: ExitStack) -> DemoResult:
         )
         result.s3 = s3
     result.preflight_refused = _preflight_as_app(demo)
-    settings = _settings(base, cluster, demo, s3)
+    settings = _settings(base, demo, s3)
     config = load_config(settings)
     _write_env(base / "strongroom.env", settings)
 
@@ -191,9 +191,7 @@ def _preflight_as_app(demo: DemoDatabase) -> str:
     return ""
 
 
-def _settings(
-    base: Path, cluster: PgCluster, demo: DemoDatabase, s3: SeaweedServer
-) -> dict[str, str]:
+def _settings(base: Path, demo: DemoDatabase, s3: SeaweedServer) -> dict[str, str]:
     """The environment an operator would set, with a dedicated BYPASSRLS role."""
     password = secrets.token_urlsafe(18)
     with _step(f"Creating the backup role {BACKUP_ROLE} (BYPASSRLS, read-only)"):
