@@ -7,11 +7,41 @@ fix it. Messages never contain secrets.
 
 from __future__ import annotations
 
+from enum import IntEnum
+from typing import ClassVar
+
+
+class ExitCode(IntEnum):
+    """Every exit status strongroom uses, in one table (scripts and monitoring depend on them)."""
+
+    OK = 0
+    #: An error without a more specific code, an unexpected failure, or a demo that did not pass.
+    FAILED = 1
+    #: Bad settings or input: retrying the same thing will not help (argparse uses 2 as well).
+    CONFIG = 2
+    WRONG_KEY = 3
+    #: Stored bytes fail authentication or checksum; also ``verify`` finding a bad copy.
+    INTEGRITY = 4
+    LOCK_BUSY = 5
+    #: ``backup`` finished but not every required copy was stored.
+    BACKUP_INCOMPLETE = 6
+    #: ``restore`` ran but the restored row counts differ from the manifest.
+    RESTORE_MISMATCH = 7
+    #: ``check`` found a required probe failing.
+    CHECK_FAILED = 8
+    PRUNE_INCOMPLETE = 9
+    HEAL_INCOMPLETE = 10
+    REBUILD_INCOMPLETE = 11
+    #: The catalog is damaged or cannot be opened (``catalog rebuild`` is the fix).
+    CATALOG = 12
+    #: Ctrl-C (128 + SIGINT), as a shell reports it.
+    INTERRUPTED = 130
+
 
 class StrongroomError(Exception):
     """Base of every error strongroom raises on purpose."""
 
-    exit_code = 1
+    exit_code: ClassVar[ExitCode] = ExitCode.FAILED
     #: Whether retrying the same operation later may succeed (Celery retries only these).
     transient = False
 
@@ -19,7 +49,7 @@ class StrongroomError(Exception):
 class ConfigError(StrongroomError):
     """A setting is missing or malformed; retrying will not help."""
 
-    exit_code = 2
+    exit_code = ExitCode.CONFIG
 
 
 class KeyConfigError(ConfigError):
@@ -29,7 +59,7 @@ class KeyConfigError(ConfigError):
 class WrongKeyError(StrongroomError):
     """The object was encrypted with a key id that is not in the keyring."""
 
-    exit_code = 3
+    exit_code = ExitCode.WRONG_KEY
 
     def __init__(self, message: str, key_id: str = "") -> None:
         super().__init__(message)
@@ -39,7 +69,7 @@ class WrongKeyError(StrongroomError):
 class IntegrityError(StrongroomError):
     """Stored bytes fail authentication or checksum: tampered, truncated or corrupt."""
 
-    exit_code = 4
+    exit_code = ExitCode.INTEGRITY
 
 
 class StorageError(StrongroomError):
@@ -69,7 +99,7 @@ class PostgresError(StrongroomError):
 class PreflightError(PostgresError):
     """The database cannot be backed up as configured (e.g. RLS without BYPASSRLS)."""
 
-    exit_code = 2
+    exit_code = ExitCode.CONFIG
 
 
 class DumpFailed(PostgresError):
@@ -83,19 +113,19 @@ class RestoreError(PostgresError):
 class TargetNotEmpty(RestoreError):
     """The restore target already holds tables and replacing it was not asked for."""
 
-    exit_code = 2
+    exit_code = ExitCode.CONFIG
 
 
 class BackupNotFound(StrongroomError):
     """No backup in the catalog (or storage) matches the request."""
 
-    exit_code = 2
+    exit_code = ExitCode.CONFIG
 
 
 class LockBusy(StrongroomError):
     """Another backup of the same database is already running."""
 
-    exit_code = 5
+    exit_code = ExitCode.LOCK_BUSY
 
 
 class CatalogError(StrongroomError):
@@ -105,7 +135,7 @@ class CatalogError(StrongroomError):
     aside and rebuild it from a location's manifests (``strongroom catalog rebuild``).
     """
 
-    exit_code = 12
+    exit_code = ExitCode.CATALOG
 
     def __init__(self, message: str, *, damaged: bool = False) -> None:
         super().__init__(message)

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     Json = models.JSONField[dict[str, Any], dict[str, Any]]
 
 
-
 def _choices(name: str, vocabulary: type[BackupStatus] | type[CopyStatus]) -> Any:
     """Django choices built from the core vocabulary, so the statuses are spelled once."""
     members = [(m.name, (m.value, m.label)) for m in vocabulary]

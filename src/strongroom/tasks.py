@@ -24,7 +24,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from strongroom.conf import current_config
-from strongroom.config import Config, TaskSettings
+from strongroom.config import Config
 from strongroom.core.status import VERIFIABLE
 from strongroom.schedule import (
     BACKUP_TASK,
@@ -42,7 +42,6 @@ from strongroom.schedule import (
 from strongroom.services import notify
 
 log = logging.getLogger("strongroom.tasks")
-
 
 
 class StrongroomTask(Task):  # type: ignore[type-arg]
@@ -126,7 +125,7 @@ def daily_full_database_backup(
             _report_dead_runs(config, suspects, outbox)
             retries = int(self.request.retries or 0)
             if direct or not is_transient(exc) or retries >= ts.max_retries:
-                outbox.note = _final_note(exc, retries, ts, direct)
+                outbox.note = _final_note(exc, retries, direct)
                 raise
             countdown = retry_countdown(retries, ts)
             outbox.note = (
@@ -167,7 +166,7 @@ def verify_backup(self: StrongroomTask, backup_id: str | None = None) -> str:
             direct = bool(self.request.called_directly)
             outbox.add(config, backup_id or "", "VERIFY_FAILED", f"verification: {_reason(exc)}")
             if direct or not is_transient(exc) or retries >= ts.max_retries:
-                outbox.note = _final_note(exc, retries, ts, direct)
+                outbox.note = _final_note(exc, retries, direct)
                 raise
             countdown = retry_countdown(retries, ts)
             outbox.note = f"transient failure; retrying verification in {countdown:.0f} s"
@@ -291,7 +290,7 @@ def _report_dead_runs(config: Config, suspects: list[str], outbox: notify.Outbox
             outbox.add(config, backup_id, "FAILED", str(record.error), note=note)
 
 
-def _final_note(exc: BaseException, retries: int, ts: TaskSettings, direct: bool) -> str:
+def _final_note(exc: BaseException, retries: int, direct: bool) -> str:
     if direct:
         return "run directly: not retried"
     if not is_transient(exc):

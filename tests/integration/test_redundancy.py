@@ -279,7 +279,7 @@ def test_a_backup_to_three_locations_is_recorded_per_copy_and_verified_everywher
 
 
 def test_the_client_sends_no_optional_checksum_headers_providers_reject(
-    settings: dict[str, str], seaweed: SeaweedServer, prefix: str
+    settings: dict[str, str],
 ) -> None:
     """boto3 >= 1.36 adds CRC headers to every upload unless told to send them only when
     required; R2, B2 and SeaweedFS reject or mishandle them."""

@@ -240,7 +240,7 @@ def test_heal_all_replaces_a_corrupt_copy_found_by_verify(
 # -- catalog rebuild and the no-catalog restore -------------------------------------------------
 
 
-def _listing(config: Config) -> dict[str, tuple[str, str, int | None, dict[str, str]]]:
+def _listing() -> dict[str, tuple[str, str, int | None, dict[str, str]]]:
     from strongroom.catalog import store
 
     return {
@@ -257,7 +257,7 @@ def test_catalog_dropped_then_rebuilt_from_r2_lists_the_same_backups(
     from strongroom.services.runtime import build_locations
 
     ids = [_backup(config) for _ in range(2)]
-    before = _listing(config)
+    before = _listing()
     assert set(before) == set(ids)
     # a manifest that does not authenticate (made with another key) is reported and skipped
     locations, _ = build_locations(config.locations)
@@ -277,12 +277,12 @@ def test_catalog_dropped_then_rebuilt_from_r2_lists_the_same_backups(
     assert [s.key for s in report.skipped] == [forged_key]
     assert "authentication" in report.skipped[0].reason
     assert sorted(report.backups) == sorted(ids)
-    assert _listing(config) == before
+    assert _listing() == before
     for backup_id in ids:
         assert _copy_status(backup_id) == {"local": "STORED", "r2": "STORED", "b2": "STORED"}
         assert store.get_backup(backup_id).status == "COMPLETED"
     again = rebuild_catalog(config, "r2")  # idempotent
-    assert sorted(again.backups) == sorted(ids) and _listing(config) == before
+    assert sorted(again.backups) == sorted(ids) and _listing() == before
 
 
 def test_restore_latest_from_r2_with_no_catalog_at_all(

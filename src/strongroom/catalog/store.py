@@ -388,9 +388,7 @@ def running_backups(database: str | None = None, *, exclude: str | None = None) 
 def healable_backup_ids() -> list[str]:
     """Finished backups with at least one copy that holds (or should hold) data, newest first."""
     Backup, _, _ = _orm()
-    rows = Backup.objects.exclude(status__in=RUNNING).filter(
-        copies__status__in=DATA_COPY
-    )
+    rows = Backup.objects.exclude(status__in=RUNNING).filter(copies__status__in=DATA_COPY)
     ids = rows.order_by("-created_at", "-id").values_list("id", flat=True)
     return list(dict.fromkeys(ids))
 

@@ -24,7 +24,6 @@ import zstandard
 from strongroom.core.streams import Reader, Writer
 from strongroom.errors import ConfigError, IntegrityError
 
-DEFAULT_CODEC = "zstd"
 _READ_SIZE = 1 << 17
 #: Input per multi-threaded zstd job. zstd's default (4 windows: 8 MiB at level 3) keeps
 #: several jobs' input and output buffers in flight per worker, about 60 MiB with two workers;

@@ -377,8 +377,8 @@ class DecryptingReader:
         self._source = _TinkSource(source)
         try:
             self._stream = key.primitive.new_decrypting_stream(self._source, header)
-        except tink.TinkError as exc:
-            raise self._failure(exc) from None
+        except tink.TinkError:
+            raise self._failure() from None
 
     def read(self, size: int = -1, /) -> bytes:
         if size is None or size < 0:
@@ -388,8 +388,8 @@ class DecryptingReader:
             return b"".join(parts)
         try:
             data: bytes = self._stream.read(size)
-        except tink.TinkError as exc:
-            raise self._failure(exc) from None
+        except tink.TinkError:
+            raise self._failure() from None
         self.bytes_out += len(data)
         return data
 
@@ -397,7 +397,7 @@ class DecryptingReader:
         self._stream.close()
         self._source.close()
 
-    def _failure(self, exc: tink.TinkError) -> BaseException:
+    def _failure(self) -> BaseException:
         """The source's own error (e.g. a StorageError) if it had one, else tampering."""
         if self._source.error is not None:
             return self._source.error

@@ -7,17 +7,14 @@ stderr and its exit code; nothing else turns errors into exit codes.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from strongroom import __version__
 from strongroom.config import CONFIG_FILE_VAR, Config, config_from_env
-from strongroom.errors import CatalogError, ConfigError, StrongroomError
-from strongroom.interfaces import render
+from strongroom.errors import CatalogError, ExitCode, StrongroomError
 
 log = logging.getLogger("strongroom")
 
@@ -190,7 +187,7 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("strongroom: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:  # a bug or an untranslated failure: still one line, no traceback
         damaged = _catalog_damage(exc)
         if damaged is not None:
@@ -203,7 +200,7 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
             "(run with -v for the traceback)",
             file=sys.stderr,
         )
-        return 1
+        return ExitCode.FAILED
 
 
 def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
@@ -269,16 +266,4 @@ def _catalog_damage(exc: Exception) -> CatalogError | None:
     return catalog_error_from(exc)
 
 
-def emit_json(document: Any) -> None:
-    json.dump(document, sys.stdout, indent=2, sort_keys=True, default=str)
-    sys.stdout.write("\n")
-
-
-def env_secret(var: str) -> str:
-    value = os.environ.get(var, "")
-    if not value:
-        raise ConfigError(f"environment variable {var} is empty: export the password there")
-    return value
-
-
-__all__ = ["emit_json", "env_secret", "main", "render"]
+__all__ = ["main"]

@@ -8,8 +8,8 @@ import os
 from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core import crypto, postgres
+from strongroom.errors import ConfigError, ExitCode
 from strongroom.interfaces import render
-from strongroom.interfaces.cli import emit_json, env_secret
 from strongroom.services import backup as backup_service
 from strongroom.services import health
 from strongroom.services import restore as restore_service
@@ -18,11 +18,11 @@ from strongroom.services import verify as verify_service
 
 def keygen(args: argparse.Namespace) -> int:
     print(crypto.generate_key())
-    return 0
+    return ExitCode.OK
 
 
 def demo(args: argparse.Namespace) -> int:
-    from strongroom.sandbox.demo import run_demo
+    from strongroom.interfaces.demo import run_demo
 
     return run_demo(scale=args.scale, keep=args.keep)
 
@@ -33,33 +33,33 @@ def backup(args: argparse.Namespace, config: Config) -> int:
         report = backup_service.run_full_backup(config, progress=lambda raw, stored: update(raw))
     doc = store.backup_to_dict(store.get_backup(report.id))
     if args.json:
-        emit_json(doc)
+        render.emit_json(doc)
     else:
         render.backup_detail(doc)
     if report.status != "COMPLETED":
         render.err.print(
             f"strongroom: error: backup {report.id} is {report.status}: {report.error}"
         )
-        return 6
-    return 0
+        return ExitCode.BACKUP_INCOMPLETE
+    return ExitCode.OK
 
 
 def list_backups(args: argparse.Namespace, config: Config) -> int:
     rows = [store.backup_to_dict(b) for b in store.list_backups(args.database, args.limit)]
     if args.json:
-        emit_json(rows)
+        render.emit_json(rows)
     else:
         render.backups_table(rows)
-    return 0
+    return ExitCode.OK
 
 
 def show(args: argparse.Namespace, config: Config) -> int:
     doc = store.backup_to_dict(store.get_backup(args.id))
     if args.json:
-        emit_json(doc)
+        render.emit_json(doc)
     else:
         render.backup_detail(doc)
-    return 0
+    return ExitCode.OK
 
 
 def verify(args: argparse.Namespace, config: Config) -> int:
@@ -70,7 +70,7 @@ def verify(args: argparse.Namespace, config: Config) -> int:
         doc = store.backup_to_dict(store.get_backup(report.id))
         doc["checks"] = [vars(c) for c in report.copies]
         doc["absent"] = report.absent
-        emit_json(doc)
+        render.emit_json(doc)
     else:
         for c in report.copies:
             mark = "ok  " if c.ok else "FAIL"
@@ -85,8 +85,8 @@ def verify(args: argparse.Namespace, config: Config) -> int:
         render.err.print(
             f"strongroom: error: backup {report.id} failed verification: {report.problems()}"
         )
-        return 4
-    return 0
+        return ExitCode.INTEGRITY
+    return ExitCode.OK
 
 
 def restore(args: argparse.Namespace, config: Config) -> int:
@@ -102,7 +102,7 @@ def restore(args: argparse.Namespace, config: Config) -> int:
             progress=update,
         )
     if args.json:
-        emit_json(
+        render.emit_json(
             {
                 "id": report.id,
                 "status": "RESTORED" if report.ok else "MISMATCH",
@@ -137,14 +137,14 @@ def restore(args: argparse.Namespace, config: Config) -> int:
             f"strongroom: error: row counts differ from the manifest in "
             f"{len(report.mismatches)} table(s): {', '.join(report.mismatches)}"
         )
-        return 7
-    return 0
+        return ExitCode.RESTORE_MISMATCH
+    return ExitCode.OK
 
 
 def check(args: argparse.Namespace, config: Config) -> int:
     report = health.run_checks(config)
     if args.json:
-        emit_json(
+        render.emit_json(
             {
                 "ok": report.ok,
                 "status": "OK" if report.ok else "FAILED",
@@ -155,7 +155,7 @@ def check(args: argparse.Namespace, config: Config) -> int:
         for p in report.probes:
             mark = "ok  " if p.ok else ("FAIL" if p.required else "warn")
             render.out.print(f"{mark} {p.name:<16} {p.detail}", soft_wrap=True)
-    return 0 if report.ok else 8
+    return ExitCode.OK if report.ok else ExitCode.CHECK_FAILED
 
 
 def setup_role(args: argparse.Namespace, config: Config) -> int:
@@ -164,14 +164,14 @@ def setup_role(args: argparse.Namespace, config: Config) -> int:
     if args.dry_run:
         for stmt in postgres.setup_role_sql(args.name, target.dbname):
             print(stmt + ";")
-        return 0
-    password = env_secret(args.password_env) if args.password_env else None
+        return ExitCode.OK
+    password = _env_secret(args.password_env) if args.password_env else None
     postgres.apply_setup_role(target, args.name, password)
     render.out.print(
         f"role {args.name} ready on {target.dbname}: LOGIN, BYPASSRLS, read-only. "
         f"Point DATABASE_URL at it (password in PGPASSWORD or a passfile)."
     )
-    return 0
+    return ExitCode.OK
 
 
 def prune(args: argparse.Namespace, config: Config) -> int:
@@ -179,7 +179,7 @@ def prune(args: argparse.Namespace, config: Config) -> int:
 
     report = prune_service.prune_backups(config, dry_run=args.dry_run, database=args.database)
     if args.json:
-        emit_json(
+        render.emit_json(
             {
                 "now": report.now,
                 "dry_run": report.dry_run,
@@ -212,8 +212,8 @@ def prune(args: argparse.Namespace, config: Config) -> int:
         render.out.print(f"{done} {count} copies, kept {len(report.plan.to_keep)}")
     if not report.ok:
         render.err.print(f"strongroom: error: prune incomplete: {report.problems()}")
-        return 9
-    return 0
+        return ExitCode.PRUNE_INCOMPLETE
+    return ExitCode.OK
 
 
 def heal(args: argparse.Namespace, config: Config) -> int:
@@ -221,7 +221,7 @@ def heal(args: argparse.Namespace, config: Config) -> int:
 
     report = heal_service.heal_backups(config, None if args.all else args.id, deep=args.deep)
     if args.json:
-        emit_json(
+        render.emit_json(
             {
                 "ok": report.ok,
                 "checked": report.checked,
@@ -238,8 +238,8 @@ def heal(args: argparse.Namespace, config: Config) -> int:
         )
     if not report.ok:
         render.err.print(f"strongroom: error: heal incomplete: {report.problems()}")
-        return 10
-    return 0
+        return ExitCode.HEAL_INCOMPLETE
+    return ExitCode.OK
 
 
 def catalog(args: argparse.Namespace, config: Config) -> int:
@@ -250,7 +250,7 @@ def catalog(args: argparse.Namespace, config: Config) -> int:
         config, args.from_location, probe_others=not args.no_probe
     )
     if args.json:
-        emit_json(
+        render.emit_json(
             {
                 "ok": report.ok,
                 "location": report.location,
@@ -271,5 +271,13 @@ def catalog(args: argparse.Namespace, config: Config) -> int:
         )
     if not report.ok:
         render.err.print(f"strongroom: error: rebuild incomplete: {report.problems()}")
-        return 11
-    return 0
+        return ExitCode.REBUILD_INCOMPLETE
+    return ExitCode.OK
+
+
+def _env_secret(var: str) -> str:
+    """A password from the environment, never from argv (where ``ps`` would show it)."""
+    value = os.environ.get(var, "")
+    if not value:
+        raise ConfigError(f"environment variable {var} is empty: export the password there")
+    return value

@@ -1,7 +1,12 @@
-"""Human output: tables, sizes and progress bars (rich), only ever on a terminal for progress."""
+"""Output: one JSON document for scripts; tables, sizes and progress bars (rich) for people.
+
+Progress is only ever drawn on a terminal. Commands print through here so that no command
+needs the CLI module (which dispatches to them) for its output.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -28,6 +33,12 @@ _PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 240
 #: ``[/var/backups]``); styling goes through ``Text`` objects instead.
 out = Console(highlight=False, markup=False, soft_wrap=True, width=_PIPE_WIDTH)
 err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
+
+def emit_json(document: Any) -> None:
+    """Print ``document`` on stdout, keys sorted, anything not JSON-native as its ``str()``."""
+    json.dump(document, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
 
 
 def size(n: int | None) -> str:

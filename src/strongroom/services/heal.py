@@ -248,8 +248,10 @@ class _BackupHeal:
         if absent_copies(self.rt.config, rows):
             return  # a configured location still holds no copy: the backup stays PARTIAL
         live = [c for c in rows if c.status not in (CopyStatus.DELETED, CopyStatus.FAILED)]
-        if live and all(c.status == CopyStatus.VERIFIED for c in live) and (
-            self.backup.status != BackupStatus.VERIFIED
+        if (
+            live
+            and all(c.status == CopyStatus.VERIFIED for c in live)
+            and (self.backup.status != BackupStatus.VERIFIED)
         ):
             store.finish_verify(
                 self.id, status=BackupStatus.VERIFIED, error="", verified_at=self.now

@@ -28,7 +28,7 @@ class Runtime:
     unconfigured: dict[str, str]
 
     @classmethod
-    def build(cls, config: Config, *, need_key: bool = True) -> Runtime:
+    def build(cls, config: Config) -> Runtime:
         keyring = Keyring.from_strings(config.encryption_key, config.old_encryption_keys)
         codec = get_codec(config.codec, config.codec_level, config.codec_threads)
         locations, unconfigured = build_locations(config.locations)

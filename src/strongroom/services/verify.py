@@ -63,7 +63,11 @@ def check_copy(
     """Full read-back of one copy against the catalog's checksum and the copy's manifest."""
     try:
         manifest, back = read_copy(
-            loc, key, manifest_key, runtime.keyring, expected_sha256=expected_sha256,
+            loc,
+            key,
+            manifest_key,
+            runtime.keyring,
+            expected_sha256=expected_sha256,
             progress=progress,
         )
     except ObjectNotFound as exc:

@@ -5,6 +5,9 @@ application role), SeaweedFS standing in for Cloudflare R2 and Backblaze B2, a f
 SQLite catalog and a temporary local location. It then does what an operator would: sees the
 application role refused by the RLS preflight, creates the backup role, backs up to all three
 locations, verifies every copy, restores into a new database and proves it equal, row for row.
+
+The flow lives with the interfaces because it is one: it calls the same services the CLI does
+and renders a summary; ``strongroom.sandbox`` only provides the servers and the shop's data.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from rich.table import Table
 
 from strongroom.config import load_config
 from strongroom.core import crypto, postgres
-from strongroom.errors import PreflightError, StrongroomError
+from strongroom.errors import ExitCode, PreflightError, StrongroomError
 from strongroom.interfaces import render
 from strongroom.sandbox.demo_data import (
     DemoDatabase,
@@ -74,7 +77,7 @@ def run_demo(scale: int = 1, keep: bool = False) -> int:
     """Run the demo; exit 0 when the restored database equals the source, row for row."""
     if scale < 1:
         render.err.print("strongroom: error: --scale must be 1 or more")
-        return 2
+        return ExitCode.CONFIG
     base = Path(tempfile.mkdtemp(prefix="strongroom-demo-"))
     kept = False
     try:
@@ -97,7 +100,7 @@ def run_demo(scale: int = 1, keep: bool = False) -> int:
             f"[bold]strongroom list[/]. Stop them and remove their files with "
             f"[bold]sh {base / 'stop.sh'}[/]."
         )
-    return 0 if result.ok else 1
+    return ExitCode.OK if result.ok else ExitCode.FAILED
 
 
 def _hand_over(servers: ExitStack, base: Path, result: DemoResult) -> None:
@@ -146,7 +149,7 @@ def _run(base: Path, scale: int, servers: ExitStack) -> DemoResult:
         )
         result.s3 = s3
     result.preflight_refused = _preflight_as_app(demo)
-    settings = _settings(base, cluster, demo, s3)
+    settings = _settings(base, demo, s3)
     config = load_config(settings)
     _write_env(base / "strongroom.env", settings)
 
@@ -188,9 +191,7 @@ def _preflight_as_app(demo: DemoDatabase) -> str:
     return ""
 
 
-def _settings(
-    base: Path, cluster: PgCluster, demo: DemoDatabase, s3: SeaweedServer
-) -> dict[str, str]:
+def _settings(base: Path, demo: DemoDatabase, s3: SeaweedServer) -> dict[str, str]:
     """The environment an operator would set, with a dedicated BYPASSRLS role."""
     password = secrets.token_urlsafe(18)
     with _step(f"Creating the backup role {BACKUP_ROLE} (BYPASSRLS, read-only)"):

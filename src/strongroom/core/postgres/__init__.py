@@ -1,0 +1,41 @@
+"""PostgreSQL side of a backup, one module per concern.
+
+* ``conninfo``: where the database is (:class:`ConnInfo`) and the environment libpq children get.
+* ``binaries``: finding pg_dump / pg_restore, their version, draining their stderr.
+* ``tables``: the user tables and their exact row counts.
+* ``preflight``: refuse a role that could not dump every tenant's rows (RLS).
+* ``dump``: the exported snapshot and the pg_dump process.
+* ``restore``: the target database, pg_restore and the restored row counts.
+* ``roles``: the least-privilege backup role of ``strongroom setup-role``.
+
+Callers use the names re-exported here (``postgres.preflight(...)``), not the modules.
+"""
+
+from __future__ import annotations
+
+from strongroom.core.postgres.binaries import binary_version, find_binary
+from strongroom.core.postgres.conninfo import ConnInfo
+from strongroom.core.postgres.dump import DumpProcess, exported_snapshot, start_dump
+from strongroom.core.postgres.preflight import Preflight, preflight
+from strongroom.core.postgres.restore import prepare_target, run_restore, target_row_counts
+from strongroom.core.postgres.roles import apply_setup_role, setup_role_sql, setup_role_statements
+from strongroom.core.postgres.tables import TableRef, count_rows
+
+__all__ = [
+    "ConnInfo",
+    "DumpProcess",
+    "Preflight",
+    "TableRef",
+    "apply_setup_role",
+    "binary_version",
+    "count_rows",
+    "exported_snapshot",
+    "find_binary",
+    "preflight",
+    "prepare_target",
+    "run_restore",
+    "setup_role_sql",
+    "setup_role_statements",
+    "start_dump",
+    "target_row_counts",
+]
