@@ -20,6 +20,7 @@ def test_the_exit_code_table_keeps_its_numbers() -> None:
         "PRUNE_INCOMPLETE": 9,
         "HEAL_INCOMPLETE": 10,
         "REBUILD_INCOMPLETE": 11,
+        "CATALOG": 12,
         "INTERRUPTED": 130,
     }
 
