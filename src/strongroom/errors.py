@@ -34,8 +34,11 @@ class ExitCode(IntEnum):
     REBUILD_INCOMPLETE = 11
     #: The catalog is damaged or cannot be opened (``catalog rebuild`` is the fix).
     CATALOG = 12
-    #: Ctrl-C (128 + SIGINT), as a shell reports it.
+    #: 128 + the signal that stopped the run, as a shell reports it: SIGHUP, SIGINT (Ctrl-C),
+    #: SIGTERM (systemd, Docker, Kubernetes, ``timeout``).
+    HANGUP = 129
     INTERRUPTED = 130
+    TERMINATED = 143
 
 
 class StrongroomError(Exception):
@@ -141,3 +144,30 @@ class CatalogError(StrongroomError):
         super().__init__(message)
         #: The file's bytes are wrong (move it aside), rather than the catalog being unreachable.
         self.damaged = damaged
+
+
+class Interrupted(BaseException):
+    """A signal (SIGTERM, SIGINT, SIGHUP) stopped the run; raised in the main thread.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so no ``except Exception`` on the way up
+    swallows it; every ``finally`` and ``except BaseException`` cleanup still runs (children
+    stopped, uploads aborted, partial and scratch files removed, the record FAILED).
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = _signal_name(signum)
+        super().__init__(f"interrupted by {self.name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

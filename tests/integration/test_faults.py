@@ -10,10 +10,12 @@ signals to the real ``strongroom`` process.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from strongroom.catalog import bootstrap
 from strongroom.core import crypto
 from strongroom.core.storage.s3 import MiB
 from strongroom.sandbox.demo_data import DemoDatabase
+from strongroom.sandbox.pgcluster import PgCluster
 from strongroom.sandbox.seaweed import SeaweedServer
 
 pytestmark = pytest.mark.integration
@@ -242,3 +245,129 @@ def test_a_full_local_disk_fails_the_backup_at_once_with_the_space_problem(
     assert open_uploads(seaweed, "r2-backups", prefix) == []
     assert bucket_keys(seaweed, "r2-backups", prefix) == set()
     assert processes_naming(demo_db.name) == []  # pg_dump did not outlive the run
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+def wait_for(what: str, condition: Callable[[], bool], proc: subprocess.Popen[str]) -> None:
+    """Poll ``condition`` until true; fail (never hang) if ``proc`` ends or 60 s pass first."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the command ended before {what}: {err or out}", pytrace=False)
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {what} within 60 s", pytrace=False)
+        time.sleep(0.02)
+
+
+def start(env: dict[str, str], *args: str, **overrides: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(CLI), *args],
+        env={**env, **overrides},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def ended(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    return proc.returncode, err
+
+
+def gone(text: str, within: float = 15.0) -> bool:
+    """Whether no process mentioning ``text`` is left after at most ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while processes_naming(text):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def partial_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".partial-" in p.name]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_backup_stops_everything_and_says_so(
+    env: dict[str, str],
+    seaweed: SeaweedServer,
+    prefix: str,
+    demo_db: DemoDatabase,
+    signum: signal.Signals,
+) -> None:
+    """SIGTERM (systemd, Docker, ``timeout``) or Ctrl-C mid-stream: one line, 128+signal,
+    pg_dump gone, no partial file, no open multipart upload, the record FAILED with why."""
+    add_ballast(demo_db.admin_url, 24)
+    local = Path(env["BACKUP_LOCAL_PATH"])
+    proc = start(env, "backup", "--no-progress", R2_PART_SIZE=str(5 * MiB))
+    wait_for(
+        "a partial local file of 1 MiB",
+        lambda: any(p.stat().st_size > MiB for p in partial_files(local) if p.exists()),
+        proc,
+    )
+    proc.send_signal(signum)
+    code, err = ended(proc)
+    assert code == 128 + signum
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"strongroom: error: interrupted by {signum.name}")
+    assert gone(demo_db.name), processes_naming(demo_db.name)
+    assert partial_files(local) == [] and files_under(local) == set()
+    assert open_uploads(seaweed, "r2-backups", prefix) == []
+    assert bucket_keys(seaweed, "r2-backups", prefix) == set()
+    bootstrap.ensure_django(env["STRONGROOM_CATALOG_URL"])
+    ((status, error, copies),) = catalog_rows()
+    assert (status, error) == ("FAILED", f"interrupted by {signum.name}")
+    assert {name: state for name, (state, _) in copies.items()} == {
+        "local": "FAILED",
+        "r2": "FAILED",
+    }
+
+
+def test_a_signalled_or_killed_restore_leaves_no_pg_restore_and_no_scratch(
+    env: dict[str, str],
+    cli: Cli,
+    tmp_path: Path,
+    demo_db: DemoDatabase,
+    pg_cluster: PgCluster,
+) -> None:
+    """SIGTERM of a restore while pg_restore writes: 143, pg_restore and its workers gone, the
+    decrypted scratch archive removed; SIGKILL of strongroom: pg_restore dies with it."""
+    add_ballast(demo_db.admin_url, 48)
+    done = cli("backup", "--no-progress", STRONGROOM_LOCATIONS="local")
+    assert done.returncode == 0, done.stderr
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        name = f"restored_{uuid.uuid4().hex[:10]}"
+        try:
+            proc = start(
+                env,
+                "restore",
+                "--latest",
+                "--no-progress",
+                "--target",
+                pg_cluster.url(name),
+                STRONGROOM_LOCATIONS="local",
+                BACKUP_RESTORE_SCRATCH_DIR=str(scratch),
+            )
+            wait_for("pg_restore", lambda name=name: bool(processes_naming(name)), proc)
+            time.sleep(0.3)  # mid-restore
+            proc.send_signal(signum)
+            code, err = ended(proc)
+            if signum == signal.SIGTERM:
+                assert code == 143
+                (line,) = err.strip().splitlines()
+                assert line.startswith("strongroom: error: interrupted by SIGTERM")
+                assert list(scratch.iterdir()) == []  # the decrypted archive is gone
+            else:
+                assert code == -signal.SIGKILL
+            assert gone(name), processes_naming(name)
+        finally:
+            pg_cluster.drop_database(name)

@@ -14,7 +14,8 @@ from typing import Any
 
 from strongroom import __version__
 from strongroom.config import CONFIG_FILE_VAR, Config, config_from_env
-from strongroom.errors import CatalogError, ExitCode, StrongroomError
+from strongroom.errors import CatalogError, ExitCode, Interrupted, StrongroomError
+from strongroom.interfaces.signals import signals_interrupt
 
 log = logging.getLogger("strongroom")
 
@@ -181,12 +182,16 @@ def main(argv: Sequence[str] | None = None, *, config: Config | None = None) -> 
 def _run(args: argparse.Namespace, config: Config | None) -> int:
     """Dispatch; every failure becomes one line on stderr and an exit code."""
     try:
-        return _dispatch(args, config)
+        with signals_interrupt():
+            return _dispatch(args, config)
     except StrongroomError as exc:
         print(f"strongroom: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Interrupted as exc:
+        print(f"strongroom: error: {exc}; nothing was left half-done", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("strongroom: interrupted", file=sys.stderr)
+        print("strongroom: error: interrupted by SIGINT", file=sys.stderr)
         return ExitCode.INTERRUPTED
     except Exception as exc:  # a bug or an untranslated failure: still one line, no traceback
         damaged = _catalog_damage(exc)

@@ -22,7 +22,7 @@ from strongroom.core.locking import database_lock, is_locked
 from strongroom.core.manifest import Manifest, database_prefix, object_key_for
 from strongroom.core.pipeline import StreamResult
 from strongroom.core.status import BackupStatus
-from strongroom.errors import LocationUnavailable, LockBusy, StrongroomError
+from strongroom.errors import Interrupted, LocationUnavailable, LockBusy, StrongroomError
 from strongroom.services.notify import notify_problem
 from strongroom.services.runtime import Runtime
 from strongroom.services.storing import ObjectUpload, Stored, finish_record
@@ -70,7 +70,7 @@ def run_full_backup(
         store.finish_backup(record.id, status=BackupStatus.SKIPPED, error=str(exc))
         return BackupReport(record.id, BackupStatus.SKIPPED, str(exc))
     except BaseException as exc:
-        reason = str(exc) if isinstance(exc, StrongroomError) else f"{type(exc).__name__}: {exc}"
+        reason = failure_reason(exc)
         store.finish_backup(record.id, status=BackupStatus.FAILED, error=reason)
         notify_problem(config, record.id, BackupStatus.FAILED, reason)
         raise
@@ -91,6 +91,15 @@ def reap_dead_runs(config: Config) -> list[str]:
             store.mark_failed(backup_id, _DEAD_REASON + "; found by strongroom check")
             reaped.append(backup_id)
     return reaped
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What the catalog and the notification say about the exception that ended a run."""
+    if isinstance(exc, StrongroomError | Interrupted):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted by SIGINT"
+    return f"{type(exc).__name__}: {exc}"
 
 
 _DEAD_REASON = "the run died before finishing (worker killed, out of memory or machine lost)"

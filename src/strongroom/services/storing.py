@@ -25,7 +25,13 @@ from strongroom.core.manifest import Manifest, manifest_key_for
 from strongroom.core.pipeline import LocationOutcome, StreamResult, settle, stream_to_locations
 from strongroom.core.status import BackupStatus, CopyStatus
 from strongroom.core.storage.base import Location, ObjectWriter
-from strongroom.errors import ConfigError, LocationUnavailable, StorageError, StrongroomError
+from strongroom.errors import (
+    ConfigError,
+    Interrupted,
+    LocationUnavailable,
+    StorageError,
+    StrongroomError,
+)
 from strongroom.services.runtime import Runtime
 
 log = logging.getLogger("strongroom.storing")
@@ -183,13 +189,40 @@ class ObjectUpload:
                 settle(writers, result.outcomes, commit=False)
                 return self._finish(result, outcomes, None, None)
             source_result = source.finish()
-        except BaseException:
+        except BaseException as exc:
             source.kill()
             settle(writers, {n: LocationOutcome(n) for n in writers}, commit=False)
+            self._abandon({**{n: LocationOutcome(n) for n in writers}, **failed}, exc)
             raise
-        settle(writers, result.outcomes, commit=True)
-        manifest = build(result, source_result)
-        return self._finish(result, outcomes, manifest, source_result)
+        try:
+            settle(writers, result.outcomes, commit=True)
+            manifest = build(result, source_result)
+            return self._finish(result, outcomes, manifest, source_result)
+        except BaseException as exc:  # interrupted, or the manifest could not be built
+            self._abandon(outcomes, exc)
+            raise
+
+    def _abandon(self, outcomes: dict[str, LocationOutcome], exc: BaseException) -> None:
+        """The run ends in an exception: withdraw what was committed, record every copy FAILED.
+
+        Never raises over ``exc``: a second failure here is logged, the first one reported.
+        """
+        try:
+            self._withdraw(outcomes)
+            why = _reason(exc) if isinstance(exc, StrongroomError | Interrupted) else ""
+            for name, o in outcomes.items():
+                store.record_copy(
+                    self.id,
+                    name,
+                    key=self.key,
+                    manifest_key=manifest_key_for(self.key),
+                    status=CopyStatus.FAILED,
+                    size_bytes=o.bytes_written or None,
+                    error=_reason(o.error) or why or f"the run failed: {type(exc).__name__}",
+                    duration_seconds=o.duration or None,
+                )
+        except Exception as cleanup:  # the catalog may be what failed
+            log.warning("could not record the copies of %s: %s", self.id, cleanup)
 
     def _open_writers(self) -> tuple[dict[str, ObjectWriter], dict[str, LocationOutcome]]:
         writers: dict[str, ObjectWriter] = {}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -13,6 +16,7 @@ from typing import Any
 import psycopg
 
 from strongroom.core.postgres.binaries import StderrDrain, find_binary
+from strongroom.core.postgres.children import spawn, terminate
 from strongroom.core.postgres.conninfo import ConnInfo
 from strongroom.errors import DumpFailed
 
@@ -55,7 +59,8 @@ class DumpProcess:
 
     def _expire(self) -> None:
         self.timed_out = True
-        self.proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
     def read(self, size: int = -1, /) -> bytes:
         assert self.proc.stdout is not None
@@ -81,11 +86,11 @@ class DumpProcess:
         return self.drain.text()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        """Stop pg_dump now (the run failed elsewhere or was interrupted); never raises."""
         if self._timer:
             self._timer.cancel()
+        self.close()  # a pg_dump blocked on a full pipe sees EPIPE at once
+        terminate(self.proc, grace=2.0)
 
 
 def start_dump(
@@ -101,14 +106,7 @@ def start_dump(
     if snapshot:
         argv.append(f"--snapshot={snapshot}")
     argv.extend(extra_args)
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=target.env(),
-        bufsize=0,
-    )
+    proc = spawn(argv, env=target.env(), stdout=subprocess.PIPE, bufsize=0)
     drain = StderrDrain(proc.stderr)
     drain.start()
     return DumpProcess(proc, drain, timeout)

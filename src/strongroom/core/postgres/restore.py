@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from strongroom.core.postgres.binaries import StderrDrain, find_binary
+from strongroom.core.postgres.children import spawn, terminate
 from strongroom.core.postgres.conninfo import ConnInfo, redact
 from strongroom.core.postgres.tables import SYSTEM_SCHEMAS, TableRef, count_rows, user_tables
 from strongroom.errors import RestoreError, TargetNotEmpty
@@ -34,21 +35,17 @@ def run_restore(
         f"--dbname={target.dbname}",
         str(archive),
     ]
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=target.env(),
-    )
+    proc = spawn(argv, env=target.env(), stdout=subprocess.DEVNULL)
     drain = StderrDrain(proc.stderr)
     drain.start()
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        terminate(proc)
         raise RestoreError(f"pg_restore did not finish within {timeout:g} s") from None
+    except BaseException:  # interrupted: pg_restore and its workers stop writing now
+        terminate(proc)
+        raise
     drain.join(timeout=10)
     if code != 0:
         raise RestoreError(f"pg_restore failed (exit {code}): {drain.last_error()}")

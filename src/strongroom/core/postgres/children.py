@@ -1,0 +1,70 @@
+"""Child processes (pg_dump, pg_restore) that never outlive the strongroom process.
+
+Each child gets its own process group, so stopping it stops the workers it forked too
+(``pg_restore -j N``), and a parent-death signal (Linux ``PR_SET_PDEATHSIG``), so even a
+SIGKILLed strongroom takes its child with it instead of leaving it re-parented to PID 1 and
+still writing to the target. The signal fires when the *thread* that started the child exits:
+children are started from the thread that waits for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO
+
+_PR_SET_PDEATHSIG = 1
+#: Seconds a child gets to exit after SIGTERM before the group is SIGKILLed.
+TERMINATE_GRACE = 5.0
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    def prepare() -> None:  # runs in the child, between fork and exec
+        if sys.platform.startswith("linux"):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return prepare
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    stdout: int | IO[bytes] | None,
+    stderr: int | None = subprocess.PIPE,
+    bufsize: int = -1,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own process group, to die with this process."""
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        env=dict(env),
+        bufsize=bufsize,
+        process_group=0,
+        preexec_fn=_die_with(os.getpid()),
+    )
+
+
+def terminate(proc: subprocess.Popen[bytes], grace: float = TERMINATE_GRACE) -> None:
+    """Stop ``proc`` and every process of its group: SIGTERM, then SIGKILL after ``grace``."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    _signal_group(proc, signal.SIGKILL)  # workers the leader forked, even if it already exited
+    proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
