@@ -40,6 +40,11 @@ GENERAL_SETTINGS = (
     "STRONGROOM_CATALOG_URL",
     "STRONGROOM_LOCATIONS",
     "STRONGROOM_REQUIRED_LOCATIONS",
+    # the tenant model of tenant backups (strongroom.core.postgres.tenants)
+    "STRONGROOM_TENANT_TABLE",
+    "STRONGROOM_TENANT_COLUMN",
+    "STRONGROOM_TENANT_SETTING",
+    "STRONGROOM_TENANT_ROLE",
     # Celery: schedule, queue, priority, retries, time limits (strongroom.schedule)
     "BACKUP_SCHEDULE_HOUR",
     "BACKUP_SCHEDULE_MINUTE",
@@ -54,6 +59,9 @@ GENERAL_SETTINGS = (
     "BACKUP_VERIFY_AFTER_BACKUP",
     "BACKUP_PRUNE_HOUR",
     "BACKUP_HEAL_HOUR",
+    "BACKUP_TENANT_SCHEDULE_DAY",
+    "BACKUP_TENANT_SCHEDULE_HOUR",
+    "BACKUP_TENANT_TASK_PRIORITY",
     "CELERY_BROKER_URL",
 )
 #: General names whose values are secret (the backends mark their own).
@@ -142,6 +150,11 @@ class Config:
     stale_after_hours: float = 26.0
     webhook_url: str | None = None
     lock_timeout: float = 0.0
+    tenant_table: str = "tenants"
+    tenant_column: str = "tenant_id"
+    tenant_setting: str = "app.current_tenant"
+    #: The role tenant exports read as; ``None``: each table's owner (``SET ROLE``).
+    tenant_role: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     tasks: TaskSettings = field(default_factory=TaskSettings)
 
@@ -236,6 +249,10 @@ def load_config(source: Mapping[str, Any]) -> Config:
         restore_scratch_dir=_get(source, "BACKUP_RESTORE_SCRATCH_DIR") or None,
         stale_after_hours=_float(source, "BACKUP_MAX_AGE_HOURS", 26.0),
         webhook_url=_get(source, "BACKUP_NOTIFY_WEBHOOK_URL"),
+        tenant_table=str(_get(source, "STRONGROOM_TENANT_TABLE") or "tenants"),
+        tenant_column=str(_get(source, "STRONGROOM_TENANT_COLUMN") or "tenant_id"),
+        tenant_setting=str(_get(source, "STRONGROOM_TENANT_SETTING") or "app.current_tenant"),
+        tenant_role=_get(source, "STRONGROOM_TENANT_ROLE") or None,
         tasks=load_task_settings(source),
     )
 
