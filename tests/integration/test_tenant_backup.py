@@ -126,32 +126,34 @@ def _decode(env: dict[str, str], doc: dict[str, Any]) -> tuple[dict[str, Any], d
     return header, streams
 
 
+def _stage(
+    conn: psycopg.Connection[Any], header: dict[str, Any], streams: dict[int, bytes]
+) -> dict[str, list[Any]]:
+    """Each table's export loaded by PostgreSQL into a temp table, read back as sorted text."""
+    rows: dict[str, list[Any]] = {}
+    for index, table in enumerate(header["tables"]):
+        schema, name = table["name"].split(".")
+        temp = sql.Identifier(f"staged_{uuid.uuid4().hex[:8]}")
+        columns = sql.SQL(", ").join(sql.Identifier(c["name"]) for c in table["columns"])
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE {} AS SELECT {} FROM {}.{} WITH NO DATA").format(
+                temp, columns, sql.Identifier(schema), sql.Identifier(name)
+            )
+        )
+        with conn.cursor().copy(
+            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(temp, columns)
+        ) as copy:
+            copy.write(streams.get(index, b""))
+        query = sql.SQL('SELECT t::text FROM {} t ORDER BY t::text COLLATE "C"').format(temp)
+        rows[table["name"]] = [r[0] for r in conn.execute(query).fetchall()]
+    return rows
+
+
 @pytest.fixture
 def staged(demo_db: DemoDatabase) -> Iterator[Callable[..., Any]]:
-    """``staged(header, streams)``: each table's export loaded into a temp table, as rows."""
-    conn = psycopg.connect(demo_db.admin_url, autocommit=True)
-
-    def load(header: dict[str, Any], streams: dict[int, bytes]) -> dict[str, list[Any]]:
-        rows: dict[str, list[Any]] = {}
-        for index, table in enumerate(header["tables"]):
-            schema, name = table["name"].split(".")
-            temp = sql.Identifier(f"staged_{uuid.uuid4().hex[:8]}")
-            columns = sql.SQL(", ").join(sql.Identifier(c["name"]) for c in table["columns"])
-            conn.execute(
-                sql.SQL("CREATE TEMP TABLE {} AS SELECT {} FROM {}.{} WITH NO DATA").format(
-                    temp, columns, sql.Identifier(schema), sql.Identifier(name)
-                )
-            )
-            with conn.cursor().copy(
-                sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(temp, columns)
-            ) as copy:
-                copy.write(streams.get(index, b""))
-            query = sql.SQL('SELECT t::text FROM {} t ORDER BY t::text COLLATE "C"').format(temp)
-            rows[table["name"]] = [r[0] for r in conn.execute(query).fetchall()]
-        return rows
-
-    yield load
-    conn.close()
+    """``staged(header, streams)``: :func:`_stage` in the demo database."""
+    with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:
+        yield lambda header, streams: _stage(conn, header, streams)
 
 
 def _source_rows(url: str, table: dict[str, Any], tenant: str) -> list[str]:
@@ -274,3 +276,89 @@ def test_a_role_that_may_not_take_the_owner_is_told_what_to_grant(
         with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+_OWN_SCHEMA = """
+CREATE TYPE mood AS ENUM ('calm', 'busy');
+CREATE TABLE accounts (account_key text PRIMARY KEY, name text NOT NULL);
+CREATE TABLE currencies (code text PRIMARY KEY);
+CREATE TABLE events (
+    id    bigint GENERATED ALWAYS AS IDENTITY,
+    acct  text NOT NULL REFERENCES accounts,
+    at    date NOT NULL,
+    tags  text[],
+    blob  bytea,
+    m     mood,
+    span  int4range,
+    doc   jsonb,
+    big   text,
+    size  integer GENERATED ALWAYS AS (length(big)) STORED,
+    PRIMARY KEY (id, at)
+) PARTITION BY RANGE (at);
+CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+INSERT INTO accounts VALUES ('a', 'Alpha'), ('b', 'Beta');
+INSERT INTO currencies VALUES ('EUR');
+INSERT INTO events (acct, at, tags, blob, m, span, doc, big)
+SELECT CASE WHEN g % 3 = 0 THEN 'b' ELSE 'a' END,
+       date '2024-06-01' + g * 7,
+       ARRAY['x' || g, NULL, 'qu"ote'],
+       decode(md5(g::text), 'hex') || '\\x00ff'::bytea,
+       CASE WHEN g % 2 = 0 THEN 'calm' ELSE 'busy' END::mood,
+       int4range(g, g + 10),
+       jsonb_build_object('g', g, 'nested', jsonb_build_array(1, 'two', NULL)),
+       CASE WHEN g = 1 THEN (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 20000) i)
+            ELSE 'short ' || g END
+FROM generate_series(1, 60) g;
+ALTER TABLE accounts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE accounts FORCE ROW LEVEL SECURITY;
+CREATE POLICY own ON accounts USING (account_key = current_setting('app.acct', true));
+ALTER TABLE events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE events FORCE ROW LEVEL SECURITY;
+CREATE POLICY own ON events USING (acct = current_setting('app.acct', true));
+"""
+
+
+def test_own_schema_with_every_awkward_type_round_trips(
+    cli: Cli, env: dict[str, str], pg_cluster: PgCluster
+) -> None:
+    name, owner = f"own_{uuid.uuid4().hex[:8]}", f"own_{uuid.uuid4().hex[:8]}"
+    with pg_cluster.connect() as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(owner)))
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(owner)
+            )
+        )
+    try:
+        with pg_cluster.connect(name) as conn:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+            conn.execute(_OWN_SCHEMA)
+        url = pg_cluster.url(name)
+        settings = {
+            "DATABASE_URL": url,
+            "STRONGROOM_TENANT_TABLE": "accounts",
+            "STRONGROOM_TENANT_COLUMN": "acct",
+            "STRONGROOM_TENANT_SETTING": "app.acct",
+        }
+        doc = _ok(cli("tenant", "backup", "a", "--json", **settings))
+        manifest = json.loads(
+            (Path(env["BACKUP_LOCAL_PATH"]) / manifest_key_for(doc["copies"][0]["key"])).read_text()
+        )["manifest"]
+        assert manifest["table_rows"] == {"public.accounts": 1, "public.events": 40}
+        assert manifest["extra"]["shared_tables"] == ["public.currencies"]
+        header, streams = _decode({**env, **settings}, doc)
+        events = header["tables"][1]
+        assert [c["name"] for c in events["columns"]][:2] == ["id", "acct"]
+        assert "size" not in [c["name"] for c in events["columns"]]  # generated: recomputed
+        assert events["columns"][0]["identity"] == "a"
+        with psycopg.connect(url, autocommit=True) as conn:
+            loaded = _stage(conn, header, streams)
+        for table in header["tables"]:
+            source = _source_rows(url, table, "a")
+            assert loaded[table["name"]] == source and source
+        assert any(len(r) > 600_000 for r in loaded["public.events"])  # the TOASTed value
+    finally:
+        pg_cluster.drop_database(name)
+        with pg_cluster.connect() as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owner)))
