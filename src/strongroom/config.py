@@ -95,6 +95,8 @@ class LocationSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     #: Why this location cannot be used (missing settings); empty when configured.
     problem: str = ""
+    #: Days a tenant backup's copy is kept (``None``: ``retention_days``).
+    tenant_retention_days: int | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,11 @@ class TaskSettings:
     #: Hours (UTC) of the daily prune and heal runs; ``None`` leaves them out of the schedule.
     prune_hour: int | None = 4
     heal_hour: int | None = 5
+    #: The weekly backup of every tenant: crontab day of week, hour (``None``: off), priority
+    #: (below the daily full backup's, so a Sunday full backup is never delayed by it).
+    tenant_day: str = "sun"
+    tenant_hour: int | None = 3
+    tenant_priority: int = 8
 
 
 #: Seconds between pg_dump's deadline and the task's soft limit: the upload, manifests and row
@@ -215,7 +222,13 @@ def _location_specs(source: Mapping[str, Any]) -> tuple[LocationSpec, ...]:
         kind = location_type(name)  # raises with the registered names
         read = kind.read(source)
         spec = LocationSpec(
-            name, kind.kind, name in required, read.retention_days, read.options, read.problem
+            name,
+            kind.kind,
+            name in required,
+            read.retention_days,
+            read.options,
+            read.problem,
+            read.tenant_retention_days,
         )
         specs.append(spec)
     if not specs:
@@ -318,6 +331,9 @@ def load_task_settings(source: Mapping[str, Any]) -> TaskSettings:
         broker_url=str(broker) if broker is not None else None,
         prune_hour=_hour_or_off(source, "BACKUP_PRUNE_HOUR", 4),
         heal_hour=_hour_or_off(source, "BACKUP_HEAL_HOUR", 5),
+        tenant_day=str(_get(source, "BACKUP_TENANT_SCHEDULE_DAY") or "sun"),
+        tenant_hour=_hour_or_off(source, "BACKUP_TENANT_SCHEDULE_HOUR", 3),
+        tenant_priority=_bounded(source, "BACKUP_TENANT_TASK_PRIORITY", 8, 0, max_priority),
     )
 
 
