@@ -362,3 +362,20 @@ def test_own_schema_with_every_awkward_type_round_trips(
         pg_cluster.drop_database(name)
         with pg_cluster.connect() as admin:
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owner)))
+
+
+def test_catalog_rebuild_brings_a_tenant_backup_back(
+    cli: Cli, env: dict[str, str], demo_db: DemoDatabase
+) -> None:
+    tenant = demo_db.tenants[2].id
+    doc = _ok(cli("tenant", "backup", tenant, "--json"))
+    Path(env["STRONGROOM_CATALOG_URL"].removeprefix("sqlite:///")).unlink()
+    done = cli("catalog", "rebuild", "--from", "local", "--json")
+    assert done.returncode == 0, done.stderr
+    (back,) = _ok(cli("list", "--tenant", tenant, "--json"))
+    assert (back["id"], back["backup_type"], back["tenant_id"]) == (
+        doc["id"],
+        "TENANT_BACKUP",
+        tenant,
+    )
+    assert _ok(cli("verify", doc["id"], "--json"))["status"] == "VERIFIED"
