@@ -40,6 +40,11 @@ GENERAL_SETTINGS = (
     "STRONGROOM_CATALOG_URL",
     "STRONGROOM_LOCATIONS",
     "STRONGROOM_REQUIRED_LOCATIONS",
+    # the tenant model of tenant backups (strongroom.core.postgres.tenants)
+    "STRONGROOM_TENANT_TABLE",
+    "STRONGROOM_TENANT_COLUMN",
+    "STRONGROOM_TENANT_SETTING",
+    "STRONGROOM_TENANT_ROLE",
     # Celery: schedule, queue, priority, retries, time limits (strongroom.schedule)
     "BACKUP_SCHEDULE_HOUR",
     "BACKUP_SCHEDULE_MINUTE",
@@ -54,6 +59,9 @@ GENERAL_SETTINGS = (
     "BACKUP_VERIFY_AFTER_BACKUP",
     "BACKUP_PRUNE_HOUR",
     "BACKUP_HEAL_HOUR",
+    "BACKUP_TENANT_SCHEDULE_DAY",
+    "BACKUP_TENANT_SCHEDULE_HOUR",
+    "BACKUP_TENANT_TASK_PRIORITY",
     "CELERY_BROKER_URL",
 )
 #: General names whose values are secret (the backends mark their own).
@@ -87,6 +95,8 @@ class LocationSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     #: Why this location cannot be used (missing settings); empty when configured.
     problem: str = ""
+    #: Days a tenant backup's copy is kept (``None``: ``retention_days``).
+    tenant_retention_days: int | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,11 @@ class TaskSettings:
     #: Hours (UTC) of the daily prune and heal runs; ``None`` leaves them out of the schedule.
     prune_hour: int | None = 4
     heal_hour: int | None = 5
+    #: The weekly backup of every tenant: crontab day of week, hour (``None``: off), priority
+    #: (below the daily full backup's, so a Sunday full backup is never delayed by it).
+    tenant_day: str = "sun"
+    tenant_hour: int | None = 3
+    tenant_priority: int = 8
 
 
 #: Seconds between pg_dump's deadline and the task's soft limit: the upload, manifests and row
@@ -142,6 +157,11 @@ class Config:
     stale_after_hours: float = 26.0
     webhook_url: str | None = None
     lock_timeout: float = 0.0
+    tenant_table: str = "tenants"
+    tenant_column: str = "tenant_id"
+    tenant_setting: str = "app.current_tenant"
+    #: The role tenant exports read as; ``None``: each table's owner (``SET ROLE``).
+    tenant_role: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     tasks: TaskSettings = field(default_factory=TaskSettings)
 
@@ -202,7 +222,13 @@ def _location_specs(source: Mapping[str, Any]) -> tuple[LocationSpec, ...]:
         kind = location_type(name)  # raises with the registered names
         read = kind.read(source)
         spec = LocationSpec(
-            name, kind.kind, name in required, read.retention_days, read.options, read.problem
+            name,
+            kind.kind,
+            name in required,
+            read.retention_days,
+            read.options,
+            read.problem,
+            read.tenant_retention_days,
         )
         specs.append(spec)
     if not specs:
@@ -236,6 +262,10 @@ def load_config(source: Mapping[str, Any]) -> Config:
         restore_scratch_dir=_get(source, "BACKUP_RESTORE_SCRATCH_DIR") or None,
         stale_after_hours=_float(source, "BACKUP_MAX_AGE_HOURS", 26.0),
         webhook_url=_get(source, "BACKUP_NOTIFY_WEBHOOK_URL"),
+        tenant_table=str(_get(source, "STRONGROOM_TENANT_TABLE") or "tenants"),
+        tenant_column=str(_get(source, "STRONGROOM_TENANT_COLUMN") or "tenant_id"),
+        tenant_setting=str(_get(source, "STRONGROOM_TENANT_SETTING") or "app.current_tenant"),
+        tenant_role=_get(source, "STRONGROOM_TENANT_ROLE") or None,
         tasks=load_task_settings(source),
     )
 
@@ -301,6 +331,9 @@ def load_task_settings(source: Mapping[str, Any]) -> TaskSettings:
         broker_url=str(broker) if broker is not None else None,
         prune_hour=_hour_or_off(source, "BACKUP_PRUNE_HOUR", 4),
         heal_hour=_hour_or_off(source, "BACKUP_HEAL_HOUR", 5),
+        tenant_day=str(_get(source, "BACKUP_TENANT_SCHEDULE_DAY") or "sun"),
+        tenant_hour=_hour_or_off(source, "BACKUP_TENANT_SCHEDULE_HOUR", 3),
+        tenant_priority=_bounded(source, "BACKUP_TENANT_TASK_PRIORITY", 8, 0, max_priority),
     )
 
 

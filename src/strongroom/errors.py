@@ -125,6 +125,12 @@ class BackupNotFound(StrongroomError):
     exit_code = ExitCode.CONFIG
 
 
+class TenantNotFound(StrongroomError):
+    """The tenant id names no row of the tenant table: nothing to back up."""
+
+    exit_code = ExitCode.CONFIG
+
+
 class LockBusy(StrongroomError):
     """Another backup of the same database is already running."""
 

@@ -35,11 +35,13 @@ VERIFY_TASK = "strongroom.tasks.verify_backup"
 PING_TASK = "strongroom.tasks.ping"
 PRUNE_TASK = "strongroom.tasks.prune_backups"
 HEAL_TASK = "strongroom.tasks.heal_backups"
-TASK_NAMES = (BACKUP_TASK, VERIFY_TASK, PING_TASK, PRUNE_TASK, HEAL_TASK)
+TENANT_TASK = "strongroom.tasks.weekly_tenant_backups"
+TASK_NAMES = (BACKUP_TASK, VERIFY_TASK, PING_TASK, PRUNE_TASK, HEAL_TASK, TENANT_TASK)
 #: The seed's name for the beat entry.
 ENTRY_NAME = "daily-full-database-backup"
 PRUNE_ENTRY = "daily-prune-backups"
 HEAL_ENTRY = "daily-heal-backups"
+TENANT_ENTRY = "strongroom-weekly-tenant-backups"
 #: Maintenance runs below backups: a prune or heal queued at 02:00 never delays the dump.
 MAINTENANCE_PRIORITY = 3
 
@@ -152,7 +154,8 @@ def beat_schedule(
     Defaults: the backup at ``crontab(hour=2, minute=0)``, queue ``backups``, priority 10 (seed
     scale; the task translates it for Redis when it is published); prune at 04:00 and heal at
     05:00 on the same queue at a lower priority (``BACKUP_PRUNE_HOUR``/``BACKUP_HEAL_HOUR``,
-    ``off`` to leave one out).
+    ``off`` to leave one out); every tenant's backup on Sunday at 03:00, priority 8
+    (``BACKUP_TENANT_SCHEDULE_DAY``/``_HOUR``/``BACKUP_TENANT_TASK_PRIORITY``).
     """
     ts = task_settings(settings, env)
     entries: dict[str, dict[str, Any]] = {
@@ -173,6 +176,14 @@ def beat_schedule(
                 "schedule": crontab(hour=hour, minute=ts.schedule_minute),
                 "options": dict(maintenance),
             }
+    if ts.tenant_hour is not None:
+        entries[TENANT_ENTRY] = {
+            "task": TENANT_TASK,
+            "schedule": crontab(
+                day_of_week=ts.tenant_day, hour=ts.tenant_hour, minute=ts.schedule_minute
+            ),
+            "options": {"queue": ts.queue, "priority": ts.tenant_priority},
+        }
     return entries
 
 
@@ -221,7 +232,8 @@ def time_limits(ts: TaskSettings) -> dict[str, dict[str, float | int]]:
         "max_retries": ts.max_retries,
         "default_retry_delay": ts.retry_backoff,
     }
-    return {name: dict(limits) for name in (BACKUP_TASK, VERIFY_TASK, PRUNE_TASK, HEAL_TASK)}
+    tasks = (BACKUP_TASK, VERIFY_TASK, PRUNE_TASK, HEAL_TASK, TENANT_TASK)
+    return {name: dict(limits) for name in tasks}
 
 
 def celery_settings(ts: TaskSettings) -> dict[str, Any]:

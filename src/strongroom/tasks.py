@@ -31,6 +31,7 @@ from strongroom.schedule import (
     HEAL_TASK,
     PING_TASK,
     PRUNE_TASK,
+    TENANT_TASK,
     VERIFY_TASK,
     intent_priority,
     is_transient,
@@ -218,6 +219,33 @@ def heal_backups(self: StrongroomTask, deep: bool = False) -> dict[str, Any]:
         "checked": report.checked,
         "healed": [f"{r.location}:{r.backup_id}" for r in report.healed],
         "failed": [f"{r.location}:{r.backup_id}" for r in report.failures],
+    }
+
+
+@shared_task(bind=True, base=StrongroomTask, name=TENANT_TASK)
+def weekly_tenant_backups(self: StrongroomTask) -> dict[str, Any]:
+    """Back up every tenant, one object each (weekly); return each tenant's backup or error.
+
+    One failing tenant does not stop the others; the failures are reported to the operators
+    together. Not retried as a whole: next week's run, or ``strongroom tenant backup ID``.
+    """
+    from strongroom.services.tenant_backup import run_all_tenant_backups
+
+    job_id = "" if self.request.called_directly else str(self.request.id or "")
+    with notify.deferred() as outbox:
+        config = _config_or_notify(outbox)
+        outcomes = run_all_tenant_backups(config, job_id=job_id)
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            why = "; ".join(f"{o.tenant_id}: {o.error or 'not completed'}" for o in failed)
+            outbox.add(config, "", "TENANT_FAILED", f"tenant backups: {why}")
+            outbox.note = (
+                "the other tenants were backed up; `strongroom tenant backup ID` retries one"
+            )
+    return {
+        "ok": not failed,
+        "backups": {o.tenant_id: o.report.id for o in outcomes if o.report is not None},
+        "failed": {o.tenant_id: o.error for o in failed},
     }
 
 

@@ -201,6 +201,26 @@ def test_databases_and_series_are_protected_independently() -> None:
     assert {d.copy.backup_id for d in plan.to_delete} == {"a-0000"}
 
 
+def test_weekly_tenant_backups_keep_their_own_retention_per_location() -> None:
+    """Tenant backups (series ``tenant:<id>``): local 8 weeks, clouds 1 year; full unchanged."""
+    tenant_days = {"local": 56, "r2": 365, "b2": 365}
+    copies = [c for d in range(0, 400, 7) for c in verified_everywhere(d, series="tenant:7")]
+    copies += [c for d in range(400) for c in verified_everywhere(d)]
+    policy = RetentionPolicy(DEFAULTS, lambda: at(399), {"tenant": tenant_days})
+    plan = policy.evaluate(copies)
+
+    def kept(series: str, location: str) -> list[int]:
+        return [
+            int(d.copy.backup_id.rsplit("-", 1)[1])
+            for d in plan.for_location(location)
+            if d.action is Action.KEEP and d.copy.series == series
+        ]
+
+    assert kept("tenant:7", "local") == list(range(343, 400, 7))  # 56 days back from day 399
+    assert kept("tenant:7", "r2") == list(range(35, 400, 7))
+    assert kept("", "local") == list(range(369, 400))  # the full backups' 30 days, as before
+
+
 def test_deleted_copies_get_no_decision() -> None:
     copies = backup(0, {"local": "DELETED", "r2": "VERIFIED"})
     plan = evaluate(copies, DEFAULTS, at(1))

@@ -29,6 +29,7 @@ def test_default_beat_entry_is_the_seeds() -> None:
         "daily-full-database-backup",
         "daily-prune-backups",
         "daily-heal-backups",
+        "strongroom-weekly-tenant-backups",
     ]
     entry = entries["daily-full-database-backup"]
     assert entry["task"] == "strongroom.tasks.daily_full_database_backup"
@@ -46,6 +47,19 @@ def test_prune_and_heal_run_daily_after_the_backup_below_its_priority() -> None:
     for entry in (prune, heal):
         assert entry["options"]["queue"] == "backups"
         assert entry["options"]["priority"] < 10
+
+
+def test_weekly_tenant_backups_run_sunday_at_three_below_the_full_backup() -> None:
+    entry = schedule.beat_schedule({}, env=NO_ENV)["strongroom-weekly-tenant-backups"]
+    assert entry["task"] == "strongroom.tasks.weekly_tenant_backups"
+    assert entry["schedule"] == crontab(day_of_week="sun", hour=3, minute=0)
+    assert entry["options"] == {"queue": "backups", "priority": 8}
+    moved = schedule.beat_schedule(
+        {"BACKUP_TENANT_SCHEDULE_DAY": "sat", "BACKUP_TENANT_SCHEDULE_HOUR": 1}, env=NO_ENV
+    )["strongroom-weekly-tenant-backups"]
+    assert moved["schedule"] == crontab(day_of_week="sat", hour=1, minute=0)
+    off = schedule.beat_schedule({"BACKUP_TENANT_SCHEDULE_HOUR": "off"}, env=NO_ENV)
+    assert "strongroom-weekly-tenant-backups" not in off
 
 
 def test_maintenance_hours_are_settings_and_can_be_switched_off() -> None:

@@ -344,10 +344,13 @@ def latest_backup(
     restorable: bool = True,
     *,
     backup_type: str | None = "FULL_DATABASE",
+    tenant_id: str | None = None,
 ) -> Backup:
     """The newest backup (restorable ones only by default; full backups unless told otherwise)."""
     Backup, _, _ = _orm()
     rows = Backup.objects.all()
+    if tenant_id is not None:
+        rows = rows.filter(tenant_id=tenant_id)
     if database:
         rows = rows.filter(database=database)
     if restorable:
@@ -365,12 +368,16 @@ def latest_backup(
     return found
 
 
-def list_backups(database: str | None = None, limit: int | None = 50) -> list[Backup]:
-    """Newest first, with their copies prefetched."""
+def list_backups(
+    database: str | None = None, limit: int | None = 50, *, tenant_id: str | None = None
+) -> list[Backup]:
+    """Newest first, with their copies prefetched (one tenant's backups when ``tenant_id``)."""
     Backup, _, _ = _orm()
     rows = Backup.objects.prefetch_related("copies").order_by("-created_at", "-id")
     if database:
         rows = rows.filter(database=database)
+    if tenant_id is not None:
+        rows = rows.filter(tenant_id=tenant_id)
     return list(rows[:limit] if limit else rows)
 
 

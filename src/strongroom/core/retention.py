@@ -14,7 +14,8 @@ a tenant's backups form their own chain beside the full backups):
    (``UNKNOWN_LOCATION``): we cannot judge it, and it also counts as *not expired* below, so it
    never lets the other copies of its backup expire "everywhere".
 3. **Expiry.** A copy is *expired* when its backup's ``created_at`` is strictly older than
-   ``now - retention_days`` of its location (a backup exactly N days old is still kept). A copy
+   ``now - retention_days`` of its location (for a series kind with its own retention, such as
+   ``tenant``, the days that kind has there; a backup exactly N days old is still kept). A copy
    that is not expired is kept: ``WITHIN_RETENTION``. Nothing within retention is ever deleted.
 4. **Protected backups.** Every copy of these backups is kept, in every location, whatever its
    age (``NEWEST_VERIFIED``):
@@ -166,13 +167,18 @@ class RetentionPolicy:
 
     retention_days: Mapping[str, int]
     clock: Clock = system_clock
+    #: Per series kind (``tenant`` for ``tenant:<id>``): its own days per location.
+    series_retention_days: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def evaluate(self, copies: Iterable[CopyFacts]) -> RetentionPlan:
-        return evaluate(copies, self.retention_days, self.clock())
+        return evaluate(copies, self.retention_days, self.clock(), self.series_retention_days)
 
 
 def evaluate(
-    copies: Iterable[CopyFacts], retention_days: Mapping[str, int], now: datetime
+    copies: Iterable[CopyFacts],
+    retention_days: Mapping[str, int],
+    now: datetime,
+    series_retention_days: Mapping[str, Mapping[str, int]] | None = None,
 ) -> RetentionPlan:
     """Decide every non-deleted copy (see the module docstring for the rules)."""
     if now.tzinfo is None:
@@ -184,11 +190,20 @@ def evaluate(
     protected = _protected(live)
     reasons: dict[int, tuple[Reason, str]] = {}
     for backup_id, group in by_backup.items():
-        judged = _judge_backup(group, protected.get(backup_id), retention_days, now)
+        days = _days_of_series(group[0].series, retention_days, series_retention_days or {})
+        judged = _judge_backup(group, protected.get(backup_id), days, now)
         for c, verdict in zip(group, judged, strict=True):
             reasons[id(c)] = verdict
     decisions = tuple(Decision(c, *reasons[id(c)]) for c in live)
     return RetentionPlan(now, decisions, frozenset(protected))
+
+
+def _days_of_series(
+    series: str, default: Mapping[str, int], by_kind: Mapping[str, Mapping[str, int]]
+) -> Mapping[str, int]:
+    """The retention of a series' kind (``tenant:<id>`` -> ``tenant``), over the default."""
+    own = by_kind.get(series.split(":", 1)[0])
+    return {**default, **own} if own else default
 
 
 def _newest(copies: Iterable[CopyFacts]) -> CopyFacts | None:

@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list backups in the catalog")
     _json(ls)
     ls.add_argument("--database", help="only this database")
+    ls.add_argument("--tenant", metavar="ID", help="only this tenant's backups")
     ls.add_argument("--limit", type=int, default=50)
 
     sh = sub.add_parser("show", help="show one backup and its copies")
@@ -90,7 +91,24 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--scale", type=int, default=1, help="demo data size multiplier")
     d.add_argument("--keep", action="store_true", help="leave the servers running at the end")
     _retention_commands(sub)
+    _tenant_commands(sub)
     return p
+
+
+def _tenant_commands(sub: Any) -> None:
+    """``tenant backup ID|--all`` and ``tenant list``: one tenant's rows, under its RLS policy."""
+    t = sub.add_parser("tenant", help="per-tenant backups")
+    t_sub = t.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
+    tb = t_sub.add_parser(
+        "backup", help="back up one tenant's rows (or every tenant's, each apart)"
+    )
+    _json(tb)
+    g = tb.add_mutually_exclusive_group(required=True)
+    g.add_argument("tenant_id", nargs="?", help="the tenant id (the tenant table's primary key)")
+    g.add_argument("--all", action="store_true", help="every tenant, one backup each")
+    tb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tl = t_sub.add_parser("list", help="tenant ids, their rows and newest tenant backup")
+    _json(tl)
 
 
 def _config_option(p: argparse.ArgumentParser) -> None:
@@ -209,7 +227,7 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
-    from strongroom.interfaces import commands
+    from strongroom.interfaces import commands, tenant_commands
 
     if args.command == "keygen":
         return commands.keygen(args)
@@ -229,6 +247,7 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
         "prune": commands.prune,
         "heal": commands.heal,
         "catalog": commands.catalog,
+        "tenant": tenant_commands.tenant,
     }
     return handlers[args.command](args, config)
 

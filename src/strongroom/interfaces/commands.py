@@ -45,7 +45,8 @@ def backup(args: argparse.Namespace, config: Config) -> int:
 
 
 def list_backups(args: argparse.Namespace, config: Config) -> int:
-    rows = [store.backup_to_dict(b) for b in store.list_backups(args.database, args.limit)]
+    found = store.list_backups(args.database, args.limit, tenant_id=args.tenant)
+    rows = [store.backup_to_dict(b) for b in found]
     if args.json:
         render.emit_json(rows)
     else:

@@ -92,8 +92,9 @@ def backups_table(rows: list[dict[str, Any]]) -> None:
         out.print("no backups in the catalog (strongroom backup makes one)")
         return
     table = Table(title=None, show_lines=False)
-    for col in ("id", "type", "database", "status", "size", "saved", "duration", "locations"):
+    for col in ("id", "type", "database", "tenant", "status", "size", "saved", "duration"):
         table.add_column(col)
+    table.add_column("locations")
     for r in rows:
         ratio = r.get("compression_ratio")
         locations = " ".join(f"{c['location']}:{c['status'].lower()}" for c in r.get("copies", []))
@@ -101,6 +102,7 @@ def backups_table(rows: list[dict[str, Any]]) -> None:
             r["id"],
             r.get("backup_type", ""),
             r.get("database", ""),
+            r.get("tenant_id") or "",
             _status(r["status"]),
             size(r.get("size_bytes")),
             f"{ratio * 100:.0f}%" if ratio is not None else "-",
@@ -148,3 +150,35 @@ def backup_detail(doc: dict[str, Any]) -> None:
         error = f"  ({c['error']})" if c.get("error") else ""
         head = f"  copy {c['location']:<19} "
         out.print(Text.assemble(head, _status(c["status"]), f" {c.get('key', '')}{error}"))
+
+
+def tenants_table(rows: list[dict[str, Any]]) -> None:
+    """``strongroom tenant list``: each tenant's rows and its newest tenant backup."""
+    if not rows:
+        out.print("no tenants in the tenant table")
+        return
+    table = Table(title=None, show_lines=False)
+    for col in ("tenant", "rows", "newest backup", "status", "created"):
+        table.add_column(col)
+    for r in rows:
+        newest = r.get("newest_backup") or {}
+        table.add_row(
+            r["tenant_id"],
+            str(r["rows"]),
+            newest.get("id", "-"),
+            _status(newest["status"]) if newest else Text("-"),
+            str(newest.get("created_at") or "-"),
+        )
+    out.print(table)
+
+
+def tenant_runs_table(rows: list[dict[str, Any]]) -> None:
+    """``strongroom tenant backup --all``: one line per tenant, its backup or why none."""
+    table = Table(title=None, show_lines=False)
+    for col in ("tenant", "backup", "status", "size", "error"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["tenant_id"], r["id"] or "-", _status(r["status"]), size(r["stored_size"]), r["error"]
+        )
+    out.print(table)

@@ -163,7 +163,8 @@ class _BackupHeal:
         row = self.rows.get(loc.name)
         if (self.id, loc.name) in self.pending or (row is not None and row.status in SETTLED_AWAY):
             return ""
-        if self.backup.created_at < self.now - timedelta(days=self.rt.retention_days(loc.name)):
+        days = self.rt.retention_days(loc.name, self.backup.backup_type)
+        if self.backup.created_at < self.now - timedelta(days=days):
             return ""  # past retention here: prune would only delete it again
         if row is None:
             return "no copy recorded"

@@ -74,8 +74,16 @@ class PruneReport:
 
 
 def retention_policy(config: Config, clock: Clock = system_clock) -> RetentionPolicy:
-    """The configured retention (``BACKUP_LOCAL_RETENTION_DAYS``, ``R2_/B2_RETENTION_DAYS``)."""
-    return RetentionPolicy({s.name: s.retention_days for s in config.locations}, clock)
+    """The configured retention (``BACKUP_LOCAL_RETENTION_DAYS``, ``R2_/B2_RETENTION_DAYS``),
+    and tenant backups' own (``BACKUP_LOCAL_TENANT_RETENTION_DAYS``, ``R2_/B2_TENANT_...``)."""
+    tenant = {
+        s.name: s.tenant_retention_days
+        for s in config.locations
+        if s.tenant_retention_days is not None
+    }
+    return RetentionPolicy(
+        {s.name: s.retention_days for s in config.locations}, clock, {"tenant": tenant}
+    )
 
 
 def catalog_facts(database: str | None = None) -> list[CopyFacts]:

@@ -43,8 +43,12 @@ class Runtime:
         self.config.location(name)  # raises with the list of configured names
         raise ConfigError(f"location {name!r} is not available")
 
-    def retention_days(self, name: str) -> int:
-        return self.config.location(name).retention_days
+    def retention_days(self, name: str, backup_type: str = "FULL_DATABASE") -> int:
+        """Days a copy of a ``backup_type`` backup is kept in location ``name``."""
+        spec = self.config.location(name)
+        if backup_type == "TENANT_BACKUP" and spec.tenant_retention_days is not None:
+            return spec.tenant_retention_days
+        return spec.retention_days
 
 
 def build_locations(specs: tuple[LocationSpec, ...]) -> tuple[list[Location], dict[str, str]]:

@@ -394,5 +394,6 @@ LOCAL = register_location(
         LocalLocation,
         settings=(Setting("BACKUP_LOCAL_PATH", "path", default=DEFAULT_LOCAL_PATH),),
         retention=Setting("BACKUP_LOCAL_RETENTION_DAYS", parse=integer, default=30),
+        tenant_retention=Setting("BACKUP_LOCAL_TENANT_RETENTION_DAYS", parse=integer, default=56),
     )
 )

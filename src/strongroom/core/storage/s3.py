@@ -716,6 +716,7 @@ R2 = register_location(
         S3Location,
         settings=_cloud_settings("R2", "auto", "R2_ACCOUNT_ID"),
         retention=Setting("R2_RETENTION_DAYS", parse=integer, default=365),
+        tenant_retention=Setting("R2_TENANT_RETENTION_DAYS", parse=integer, default=365),
         derive=_r2_endpoint,
     )
 )
@@ -725,6 +726,7 @@ B2 = register_location(
         S3Location,
         settings=_cloud_settings("B2", "us-east-005", "B2_REGION"),
         retention=Setting("B2_RETENTION_DAYS", parse=integer, default=365),
+        tenant_retention=Setting("B2_TENANT_RETENTION_DAYS", parse=integer, default=365),
         derive=_b2_endpoint,
     )
 )

@@ -85,6 +85,8 @@ class LocationOptions:
     options: dict[str, Any]
     retention_days: int
     problem: str = ""
+    #: Days a tenant backup's copy is kept here (its own series beside the full backups).
+    tenant_retention_days: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ class LocationType:
     retention: Setting
     #: Fill options from other settings (an endpoint from an account id), given parsed values.
     derive: Callable[[Values, dict[str, Any]], None] | None = None
+    #: Days a tenant backup's copy is kept; ``None``: the same as ``retention``.
+    tenant_retention: Setting | None = None
 
     @property
     def kind(self) -> str:
@@ -106,7 +110,8 @@ class LocationType:
     @property
     def names(self) -> tuple[str, ...]:
         """Every setting name this location reads, retention included."""
-        return (*(s.name for s in self.settings), self.retention.name)
+        extra = (self.tenant_retention.name,) if self.tenant_retention else ()
+        return (*(s.name for s in self.settings), self.retention.name, *extra)
 
     @property
     def secret_names(self) -> tuple[str, ...]:
@@ -125,7 +130,11 @@ class LocationType:
         missing = _missing(self.settings, values, options)
         problem = f"{self.name} is not configured: set {', '.join(missing)}" if missing else ""
         days = _parsed(source, self.retention) or self.retention.default
-        return LocationOptions(options, int(days), problem)
+        tenant = self.tenant_retention
+        tenant_days = (_parsed(source, tenant) or tenant.default) if tenant else None
+        return LocationOptions(
+            options, int(days), problem, None if tenant_days is None else int(tenant_days)
+        )
 
 
 def _missing(settings: tuple[Setting, ...], values: Values, options: dict[str, Any]) -> list[str]:

@@ -1,0 +1,97 @@
+"""The ``strongroom tenant ...`` commands: back up one tenant or all of them, list tenants."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from strongroom.catalog import store
+from strongroom.config import Config
+from strongroom.core.status import BackupStatus
+from strongroom.errors import BackupNotFound, ExitCode
+from strongroom.interfaces import render
+from strongroom.services import tenant_backup
+
+
+def tenant(args: argparse.Namespace, config: Config) -> int:
+    if args.tenant_command == "list":
+        return _list(args, config)
+    if args.all:
+        return _backup_all(args, config)
+    return _backup_one(args, config)
+
+
+def _backup_one(args: argparse.Namespace, config: Config) -> int:
+    show = not (args.json or args.no_progress)
+    with render.progress(f"tenant {args.tenant_id}", show) as update:
+        report = tenant_backup.run_tenant_backup(
+            config, args.tenant_id, progress=lambda raw, stored: update(raw)
+        )
+    doc = store.backup_to_dict(store.get_backup(report.id))
+    if args.json:
+        render.emit_json(doc)
+    else:
+        render.backup_detail(doc)
+    if report.status != BackupStatus.COMPLETED:
+        render.err.print(
+            f"strongroom: error: tenant backup {report.id} is {report.status}: {report.error}"
+        )
+        return ExitCode.BACKUP_INCOMPLETE
+    return ExitCode.OK
+
+
+def _backup_all(args: argparse.Namespace, config: Config) -> int:
+    outcomes = tenant_backup.run_all_tenant_backups(config)
+    rows = [_outcome_row(o) for o in outcomes]
+    if args.json:
+        render.emit_json({"ok": all(o.ok for o in outcomes), "tenants": rows})
+    else:
+        render.tenant_runs_table(rows)
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        render.err.print(
+            f"strongroom: error: {len(failed)} of {len(outcomes)} tenant backup(s) did not "
+            "complete: " + "; ".join(f"{o.tenant_id}: {o.error or 'not completed'}" for o in failed)
+        )
+        return ExitCode.BACKUP_INCOMPLETE
+    return ExitCode.OK
+
+
+def _outcome_row(outcome: tenant_backup.TenantOutcome) -> dict[str, Any]:
+    report = outcome.report
+    return {
+        "tenant_id": outcome.tenant_id,
+        "id": report.id if report else None,
+        "status": report.status if report else BackupStatus.FAILED,
+        "error": outcome.error,
+        "stored_size": report.stored_size if report else 0,
+    }
+
+
+def _list(args: argparse.Namespace, config: Config) -> int:
+    rows = []
+    for summary in tenant_backup.tenant_rows(config):
+        rows.append(
+            {
+                "tenant_id": summary.tenant_id,
+                "rows": summary.rows,
+                "newest_backup": _newest(summary.tenant_id),
+            }
+        )
+    if args.json:
+        render.emit_json(rows)
+    else:
+        render.tenants_table(rows)
+    return ExitCode.OK
+
+
+def _newest(tenant_id: str) -> dict[str, Any] | None:
+    try:
+        found = store.latest_backup(backup_type="TENANT_BACKUP", tenant_id=tenant_id)
+    except BackupNotFound:
+        return None
+    return {
+        "id": found.id,
+        "status": found.status,
+        "created_at": store.backup_to_dict(found)["created_at"],
+    }
