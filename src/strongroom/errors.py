@@ -152,6 +152,12 @@ class CatalogError(StrongroomError):
         self.damaged = damaged
 
 
+class WrongBackupKind(StrongroomError):
+    """The backup exists but is of a kind this command does not restore (e.g. a tenant's)."""
+
+    exit_code = ExitCode.CONFIG
+
+
 class Interrupted(BaseException):
     """A signal (SIGTERM, SIGINT, SIGHUP) stopped the run; raised in the main thread.
 

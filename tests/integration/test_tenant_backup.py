@@ -236,6 +236,17 @@ def test_all_tenants_one_object_each_then_verify_and_list(
         assert entry["newest_backup"]["status"] in ("COMPLETED", "VERIFIED")
 
 
+def test_restore_refuses_a_tenant_backup_before_touching_the_target(
+    cli: Cli, demo_db: DemoDatabase, pg_cluster: PgCluster
+) -> None:
+    """A tenant export is not a pg_dump archive: the full restore says so, creates nothing."""
+    backup = _ok(cli("tenant", "backup", demo_db.tenants[0].id, "--json"))
+    name = f"restored_{uuid.uuid4().hex[:10]}"
+    line = _one_error_line(cli("restore", backup["id"], "--target", pg_cluster.url(name)), 2)
+    assert f"tenant {demo_db.tenants[0].id}" in line and "full backup" in line
+    assert not pg_cluster.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+
+
 def test_unknown_tenant_is_one_line_and_nothing_stored(cli: Cli, env: dict[str, str]) -> None:
     for wrong in (str(uuid.uuid4()), "not-a-uuid"):
         line = _one_error_line(cli("tenant", "backup", wrong), 2)

@@ -9,7 +9,7 @@ holds.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from strongroom.core.codecs import Codec, get_codec
@@ -17,7 +17,7 @@ from strongroom.core.crypto import Keyring
 from strongroom.core.manifest import Manifest
 from strongroom.core.storage.base import Location
 from strongroom.core.streams import Reader
-from strongroom.errors import IntegrityError
+from strongroom.errors import IntegrityError, WrongBackupKind
 
 CHUNK_SIZE = 1 << 20
 
@@ -96,15 +96,25 @@ def read_copy(
     expected_sha256: str = "",
     sink: Callable[[bytes], object] | None = None,
     progress: Callable[[int], None] | None = None,
+    kinds: Collection[str] = (),
 ) -> tuple[Manifest, ReadBack]:
     """Prove one stored copy whole: manifest authenticated, SHA-256 and decrypted size match.
 
     ``expected_sha256`` is what the catalog recorded (empty without a catalog). Raises
     ``ObjectNotFound``, ``IntegrityError``, ``WrongKeyError`` or another ``StrongroomError``;
     ``sink`` receives the plaintext as it is checked, so it must not trust it before this
-    returns.
+    returns. ``kinds``, when given, refuses (``WrongBackupKind``) a copy of another kind before
+    a byte of it is read.
     """
     manifest = Manifest.from_document(location.get_bytes(manifest_key), keyring)
+    if kinds and manifest.kind not in kinds:
+        what = f"a {manifest.kind} backup"
+        if manifest.tenant_id:
+            what += f" of tenant {manifest.tenant_id}"
+        raise WrongBackupKind(
+            f"backup {manifest.id} is {what}, not one this command restores "
+            f"({', '.join(kinds)}): pick a full backup (`strongroom list`)"
+        )
     if expected_sha256 and manifest.sha256 != expected_sha256:
         raise IntegrityError(
             f"manifest checksum {manifest.sha256[:16]}... differs from the catalog's "

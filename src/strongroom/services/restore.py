@@ -22,7 +22,7 @@ from strongroom.config import Config
 from strongroom.core import postgres
 from strongroom.core.manifest import Manifest
 from strongroom.core.readback import read_copy
-from strongroom.errors import RestoreError, StrongroomError, WrongKeyError
+from strongroom.errors import RestoreError, StrongroomError, WrongBackupKind, WrongKeyError
 from strongroom.services.discovery import CopyRef, find_copies
 from strongroom.services.runtime import Runtime
 
@@ -136,10 +136,11 @@ def _fetch_first_intact(
                     expected_sha256=copy.expected_sha256,
                     sink=out.write,
                     progress=progress,
+                    kinds=("full",),
                 )
             return copy, manifest, skipped
-        except WrongKeyError:
-            raise  # every copy needs the same key: the operator's to fix, not a fallback case
+        except (WrongKeyError, WrongBackupKind):
+            raise  # every copy needs the same key (and is the same kind): not a fallback case
         except StrongroomError as exc:
             skipped.append(f"{copy.location.name}: {exc}")
             log.warning("copy in %s unusable, trying the next: %s", copy.location.name, exc)
