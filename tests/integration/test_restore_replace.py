@@ -237,6 +237,22 @@ def test_a_session_on_the_target_is_a_bounded_wait_that_names_it(
     cli: Cli, backup_id: str, shop: DemoDatabase, pg_cluster: PgCluster, make_target: Any
 ) -> None:
     name = make_target()
+    target = _url(pg_cluster, name)
+    for bad in ("-1", "inf", "nan"):
+        line = _error_line(
+            cli(
+                "restore",
+                backup_id,
+                "--target",
+                target,
+                "--replace",
+                BACKUP_RESTORE_LOCK_TIMEOUT=bad,
+            ),
+            2,
+        )
+        assert "BACKUP_RESTORE_LOCK_TIMEOUT must be a finite number of seconds >= 0" in line
+    line = _error_line(cli("restore", backup_id, "--target", target, "--terminate-sessions"), 2)
+    assert "--terminate-sessions applies only with --replace" in line
     before = table_digests(_url(pg_cluster, name))
     with psycopg.connect(_url(pg_cluster, name), application_name="sr-blocker") as blocker:
         blocker.execute("SELECT * FROM old_data FOR UPDATE")  # an open transaction, row locks
