@@ -35,6 +35,7 @@ GENERAL_SETTINGS = (
     "BACKUP_PG_BINDIR",
     "BACKUP_RESTORE_JOBS",
     "BACKUP_RESTORE_SCRATCH_DIR",
+    "BACKUP_RESTORE_LOCK_TIMEOUT",
     "BACKUP_MAX_AGE_HOURS",
     "BACKUP_NOTIFY_WEBHOOK_URL",
     "STRONGROOM_CATALOG_URL",
@@ -154,6 +155,8 @@ class Config:
     restore_jobs: int = 2
     #: Where restore keeps the verified archive for pg_restore -j (default: the system temp dir).
     restore_scratch_dir: str | None = None
+    #: Seconds ``restore --replace`` waits for other sessions to leave the target before the swap.
+    restore_lock_timeout: float = 30.0
     stale_after_hours: float = 26.0
     webhook_url: str | None = None
     lock_timeout: float = 0.0
@@ -260,6 +263,7 @@ def load_config(source: Mapping[str, Any]) -> Config:
         catalog_url=_get(source, "STRONGROOM_CATALOG_URL"),
         restore_jobs=_int(source, "BACKUP_RESTORE_JOBS", 2) or 2,
         restore_scratch_dir=_get(source, "BACKUP_RESTORE_SCRATCH_DIR") or None,
+        restore_lock_timeout=_float(source, "BACKUP_RESTORE_LOCK_TIMEOUT", 30.0),
         stale_after_hours=_float(source, "BACKUP_MAX_AGE_HOURS", 26.0),
         webhook_url=_get(source, "BACKUP_NOTIFY_WEBHOOK_URL"),
         tenant_table=str(_get(source, "STRONGROOM_TENANT_TABLE") or "tenants"),

@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     WRONG_KEY = 3
     #: Stored bytes fail authentication or checksum; also ``verify`` finding a bad copy.
     INTEGRITY = 4
+    #: Another backup of the same database is running, or a ``--replace`` target stays in use.
     LOCK_BUSY = 5
     #: ``backup`` finished but not every required copy was stored.
     BACKUP_INCOMPLETE = 6
@@ -117,6 +118,17 @@ class TargetNotEmpty(RestoreError):
     """The restore target already holds tables and replacing it was not asked for."""
 
     exit_code = ExitCode.CONFIG
+
+
+class TargetBusy(RestoreError):
+    """Other sessions stayed connected to the ``--replace`` target past the wait's limit.
+
+    Its own class because the fix is the operator's choice: wait, end those sessions, or let
+    strongroom end them (``--terminate-sessions``); retrying later may well succeed.
+    """
+
+    exit_code = ExitCode.LOCK_BUSY
+    transient = True
 
 
 class BackupNotFound(StrongroomError):

@@ -337,7 +337,7 @@ def test_json_documents_verify_and_restore_with_two_jobs_and_latest(
         2,
         "local",
     )
-    assert list(again["stages"]) == ["fetch", "pg_restore", "row counts"]
+    assert list(again["stages"]) == ["fetch", "pg_restore", "row counts", "swap"]
     assert sum(again["stages"].values()) <= again["seconds"]
     assert table_digests(target) == shop_digests
 

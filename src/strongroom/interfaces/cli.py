@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         "--target",
         required=True,
         metavar="URL",
-        help="database to restore into (created if missing; must be empty); "
+        help="database to restore into (created if missing; must be empty unless --replace); "
         "put its password in PGPASSWORD or a passfile, not here",
     )
     r.add_argument(
@@ -69,7 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("-j", "--jobs", type=int, help="parallel pg_restore jobs (default 2)")
     r.add_argument(
-        "--replace", action="store_true", help="drop the target's schemas first if it is not empty"
+        "--replace",
+        action="store_true",
+        help="replace an existing target: restore beside it, swap names only if all went well "
+        "(needs CREATEDB and room for a second copy)",
+    )
+    r.add_argument(
+        "--terminate-sessions",
+        action="store_true",
+        help="with --replace: end the target's other sessions at the swap instead of waiting "
+        "(BACKUP_RESTORE_LOCK_TIMEOUT) for them to leave",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -91,6 +91,8 @@ def verify(args: argparse.Namespace, config: Config) -> int:
 
 
 def restore(args: argparse.Namespace, config: Config) -> int:
+    if args.terminate_sessions and not args.replace:
+        raise ConfigError("--terminate-sessions applies only with --replace")
     show = not (args.json or args.no_progress)
     with render.progress("download+verify", show) as update:
         report = restore_service.restore_backup(
@@ -100,6 +102,7 @@ def restore(args: argparse.Namespace, config: Config) -> int:
             from_location=args.from_location,
             jobs=args.jobs,
             replace=args.replace,
+            terminate_sessions=args.terminate_sessions,
             progress=update,
         )
     if args.json:
@@ -137,6 +140,11 @@ def restore(args: argparse.Namespace, config: Config) -> int:
         render.err.print(
             f"strongroom: error: row counts differ from the manifest in "
             f"{len(report.mismatches)} table(s): {', '.join(report.mismatches)}"
+            + (
+                "; the restored copy was dropped and the target left as it was"
+                if report.target_kept
+                else ""
+            )
         )
         return ExitCode.RESTORE_MISMATCH
     return ExitCode.OK

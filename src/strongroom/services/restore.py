@@ -3,14 +3,26 @@
 No unauthenticated or checksum-failing byte ever reaches pg_restore: the archive is decrypted
 into a private scratch file (0700 directory) and pg_restore starts only once the whole object
 authenticated and its SHA-256 matched. That file also gives pg_restore the seekable archive that
-parallel restore needs. The target is checked for emptiness before anything is downloaded and
-cleared (with ``replace``) only after a good copy is in hand, so a bad backup never costs the
-target its data.
+parallel restore needs.
+
+A restore either happens whole or leaves the target as it found it:
+
+* Into a missing or empty target (checked before anything is downloaded): if pg_restore fails or
+  is interrupted, a database this run created is dropped, and an existing one is emptied again
+  (``postgres.undo_restore`` says exactly what that removes).
+* With ``replace``, an existing target is never written to. The archive goes into a new database
+  beside it; only when pg_restore and every row count succeeded are the names swapped, in a short
+  step that needs the target free of other sessions (``core/postgres/replace.py``). Anything else,
+  a mismatch, an error, Ctrl-C or SIGTERM (``finally``, so any ``BaseException``), drops the new
+  database. The price is room for a second copy of the database while the restore runs. Waiting
+  for other sessions is bounded by ``BACKUP_RESTORE_LOCK_TIMEOUT``, once before the download (so
+  a busy target is known at once) and again at the swap; ``terminate_sessions`` ends them then.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -18,11 +30,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+
 from strongroom.config import Config
 from strongroom.core import postgres
 from strongroom.core.manifest import Manifest
 from strongroom.core.readback import read_copy
-from strongroom.errors import RestoreError, StrongroomError, WrongBackupKind, WrongKeyError
+from strongroom.errors import (
+    ConfigError,
+    RestoreError,
+    StrongroomError,
+    WrongBackupKind,
+    WrongKeyError,
+)
 from strongroom.services.discovery import CopyRef, find_copies
 from strongroom.services.runtime import Runtime
 
@@ -38,8 +58,10 @@ class RestoreReport:
     seconds: float = 0.0
     table_rows: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
-    #: Seconds per stage (fetch and verify, pg_restore, row counts): where a slow restore went.
+    #: Seconds per stage (fetch and verify, pg_restore, row counts, swap): where the time went.
     stages: dict[str, float] = field(default_factory=dict)
+    #: ``--replace`` found a mismatch, dropped what it restored and left the target as it was.
+    target_kept: bool = False
 
     @property
     def mismatches(self) -> dict[str, tuple[int, int | None]]:
@@ -58,52 +80,145 @@ def restore_backup(
     from_location: str | None = None,
     jobs: int | None = None,
     replace: bool = False,
+    terminate_sessions: bool = False,
     scratch_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RestoreReport:
     """Restore ``backup_id`` (or the latest restorable backup) into ``target_url``."""
     runtime = Runtime.build(config)
     target = postgres.ConnInfo.parse(target_url)
-    if not replace:
+    wait = _lock_timeout(config)
+    if replace:
+        # refuse a busy target (or a role that cannot make the new database) before downloading
+        swap = postgres.wait_for_target(target, timeout=wait, terminate=terminate_sessions)
+    else:
         # refuse a non-empty target up front; create a missing one only once a copy verified
-        postgres.prepare_target(target, replace=False, create=False)
+        swap = False
+        postgres.prepare_target(target, create=False)
     passed_over: list[str] = []
     copies = find_copies(runtime, backup_id, from_location, passed_over)
-    jobs = jobs or config.restore_jobs
-    started = time.monotonic()
-    stages: dict[str, float] = {}
+    run = _Run(config, target, jobs or config.restore_jobs, time.monotonic())
     scratch = _scratch(scratch_dir or config.restore_scratch_dir)
     try:
         archive = scratch / "archive.dump"
-        try:
-            copy, manifest, skipped = _fetch_first_intact(runtime, copies, archive, progress)
-            stages["fetch"] = time.monotonic() - started
-        except OSError as exc:
-            raise RestoreError(
-                f"cannot write the verified archive to {scratch}: {exc.strerror or exc}; point "
-                "BACKUP_RESTORE_SCRATCH_DIR at a disk with room for the uncompressed dump"
-            ) from None
-        postgres.prepare_target(target, replace=replace)
-        mark = time.monotonic()
-        postgres.run_restore(archive, target, jobs=jobs, bindir=config.pg_bindir)
-        stages["pg_restore"] = time.monotonic() - mark
+        copy, manifest, skipped = _fetch(runtime, copies, archive, progress, scratch)
+        run.stage("fetch", run.started)
+        if swap:
+            actual, replaced = _replace(run, archive, manifest, wait, terminate_sessions)
+        else:
+            actual, replaced = _into_empty(run, archive), True
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    mark = time.monotonic()
-    actual = postgres.target_row_counts(target)
-    stages["row counts"] = time.monotonic() - mark
     report = RestoreReport(
         manifest.id,
         copy.location.name,
         str(target),
-        jobs,
-        time.monotonic() - started,
+        run.jobs,
+        time.monotonic() - run.started,
         skipped=passed_over + skipped,
-        stages=stages,
+        stages=run.stages,
+        target_kept=not replaced,
     )
     for table, expected in sorted(manifest.table_rows.items()):
         report.table_rows[table] = (expected, actual.get(table))
     return report
+
+
+@dataclass
+class _Run:
+    """What the steps of one restore share: where to, how, and the seconds of each stage."""
+
+    config: Config
+    target: postgres.ConnInfo
+    jobs: int
+    started: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def stage(self, name: str, since: float) -> float:
+        """Record a stage that began at ``since``; return now, the start of the next."""
+        now = time.monotonic()
+        self.stages[name] = now - since
+        return now
+
+
+def _lock_timeout(config: Config) -> float:
+    value = config.restore_lock_timeout
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(
+            f"BACKUP_RESTORE_LOCK_TIMEOUT must be a finite number of seconds >= 0, got {value!r}"
+        )
+    return value
+
+
+def _fetch(
+    runtime: Runtime,
+    copies: list[CopyRef],
+    archive: Path,
+    progress: Callable[[int], None] | None,
+    scratch: Path,
+) -> tuple[CopyRef, Manifest, list[str]]:
+    try:
+        return _fetch_first_intact(runtime, copies, archive, progress)
+    except OSError as exc:
+        raise RestoreError(
+            f"cannot write the verified archive to {scratch}: {exc.strerror or exc}; point "
+            "BACKUP_RESTORE_SCRATCH_DIR at a disk with room for the uncompressed dump"
+        ) from None
+
+
+def _into_empty(run: _Run, archive: Path) -> dict[str, int]:
+    """pg_restore into a missing or empty target; a failed run leaves it as it found it."""
+    created = postgres.prepare_target(run.target)
+    mark = None if created else postgres.mark_target(run.target)
+    since = time.monotonic()
+    try:
+        postgres.run_restore(archive, run.target, jobs=run.jobs, bindir=run.config.pg_bindir)
+    except RestoreError as exc:
+        _undo(run.target, mark)
+        undone = "dropped again" if mark is None else "emptied again"
+        raise RestoreError(f"{exc}; the target database was {undone}") from None
+    except BaseException:
+        _undo(run.target, mark)
+        raise
+    since = run.stage("pg_restore", since)
+    actual = postgres.target_row_counts(run.target)
+    run.stage("row counts", since)
+    return actual
+
+
+def _undo(target: postgres.ConnInfo, mark: postgres.TargetMark | None) -> None:
+    """Best effort: the error that stopped pg_restore is the one the operator must see."""
+    try:
+        postgres.undo_restore(target, mark)
+    except (StrongroomError, psycopg.Error) as exc:
+        what = "drop it" if mark is None else "empty it"
+        log.error("could not %s after the failed restore into %s: %s", what, target, exc)
+
+
+def _replace(
+    run: _Run, archive: Path, manifest: Manifest, wait: float, terminate: bool
+) -> tuple[dict[str, int], bool]:
+    """Restore beside the target and swap names only if everything matched (module docstring).
+
+    Returns the restored row counts and whether the target was replaced: a mismatch keeps it.
+    """
+    with postgres.replacement(run.target) as names:
+        beside = run.target.with_db(names.new)
+        since = time.monotonic()
+        try:
+            postgres.run_restore(archive, beside, jobs=run.jobs, bindir=run.config.pg_bindir)
+        except RestoreError as exc:
+            raise RestoreError(
+                f"{exc}; nothing was replaced: the target was left as it was"
+            ) from None  # the new database is dropped on the way out
+        since = run.stage("pg_restore", since)
+        actual = postgres.target_row_counts(beside)
+        since = run.stage("row counts", since)
+        if any(actual.get(t) != n for t, n in manifest.table_rows.items()):
+            return actual, False  # the new database is dropped on the way out
+        postgres.swap_in(run.target, names, timeout=wait, terminate=terminate)
+        run.stage("swap", since)
+    return actual, True
 
 
 def _scratch(parent: str | None) -> Path:

@@ -5,7 +5,8 @@
 * ``tables``: the user tables and their exact row counts.
 * ``preflight``: refuse a role that could not dump every tenant's rows (RLS).
 * ``dump``: the exported snapshot and the pg_dump process.
-* ``restore``: the target database, pg_restore and the restored row counts.
+* ``restore``: the target database, pg_restore, the restored row counts, undoing a failed run.
+* ``replace``: ``--replace`` as a restore beside the target and a swap of names at the end.
 * ``roles``: the least-privilege backup role of ``strongroom setup-role``.
 
 Callers use the names re-exported here (``postgres.preflight(...)``), not the modules.
@@ -17,7 +18,15 @@ from strongroom.core.postgres.binaries import binary_version, find_binary
 from strongroom.core.postgres.conninfo import ConnInfo
 from strongroom.core.postgres.dump import DumpProcess, exported_snapshot, start_dump
 from strongroom.core.postgres.preflight import Preflight, preflight
-from strongroom.core.postgres.restore import prepare_target, run_restore, target_row_counts
+from strongroom.core.postgres.replace import Replacement, replacement, swap_in, wait_for_target
+from strongroom.core.postgres.restore import (
+    TargetMark,
+    mark_target,
+    prepare_target,
+    run_restore,
+    target_row_counts,
+    undo_restore,
+)
 from strongroom.core.postgres.roles import apply_setup_role, setup_role_sql, setup_role_statements
 from strongroom.core.postgres.tables import TableRef, count_rows
 
@@ -25,17 +34,24 @@ __all__ = [
     "ConnInfo",
     "DumpProcess",
     "Preflight",
+    "Replacement",
     "TableRef",
+    "TargetMark",
     "apply_setup_role",
     "binary_version",
     "count_rows",
     "exported_snapshot",
     "find_binary",
+    "mark_target",
     "preflight",
     "prepare_target",
+    "replacement",
     "run_restore",
     "setup_role_sql",
     "setup_role_statements",
     "start_dump",
+    "swap_in",
     "target_row_counts",
+    "undo_restore",
+    "wait_for_target",
 ]
