@@ -326,7 +326,7 @@ def test_an_interrupted_replace_leaves_the_target_unchanged(
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, stderr
-    assert "strongroom: interrupted" in stderr
+    assert "strongroom: error: interrupted by SIGINT" in stderr
     assert table_digests(_url(pg_cluster, name)) == before
     assert _leftovers(pg_cluster) == []
 
