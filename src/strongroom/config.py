@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strongroom.errors import ConfigError
+from strongroom.numbers import MAX_SECONDS, Number, seconds, whole
 
 DEFAULT_LOCATIONS = ("local", "r2", "b2")
 
@@ -69,6 +70,32 @@ GENERAL_SETTINGS = (
 GENERAL_SECRETS = ("BACKUP_ENCRYPTION_KEY", "BACKUP_ENCRYPTION_OLD_KEYS")
 #: The variable naming a config file when ``--config`` is not given.
 CONFIG_FILE_VAR = "STRONGROOM_CONFIG"
+
+_HOUR = whole(0, 23, "an hour of the day (0-23)")
+_BACKOFF = Number("a number of seconds", low=0, high=MAX_SECONDS)
+#: Every general numeric setting and the values it allows (the backends declare their own).
+#: A new one is one line here; :func:`_number` refuses a name missing from this table.
+NUMBERS: dict[str, Number] = {
+    "BACKUP_COMPRESSION_LEVEL": Number("an integer", whole=True),  # range per codec: codecs.py
+    "BACKUP_COMPRESSION_THREADS": whole(-1, 1024),  # -1 all cores, 0 the calling thread
+    "BACKUP_PG_DUMP_TIMEOUT": seconds(),
+    "BACKUP_RESTORE_JOBS": whole(1, 64),
+    "BACKUP_MAX_AGE_HOURS": Number("a number of hours", above=0, high=MAX_SECONDS / 3600),
+    "BACKUP_SCHEDULE_HOUR": _HOUR,
+    "BACKUP_SCHEDULE_MINUTE": whole(0, 59),
+    "BACKUP_QUEUE_MAX_PRIORITY": whole(1, 255),
+    "BACKUP_TASK_PRIORITY": whole(0, 255),  # and at most BACKUP_QUEUE_MAX_PRIORITY
+    "BACKUP_TASK_MAX_RETRIES": whole(0, 100),
+    "BACKUP_TASK_RETRY_BACKOFF": _BACKOFF,
+    "BACKUP_TASK_RETRY_BACKOFF_MAX": _BACKOFF,
+    "BACKUP_TASK_SOFT_TIME_LIMIT": seconds(),
+    "BACKUP_TASK_TIME_LIMIT": seconds(),
+    "BACKUP_PRUNE_HOUR": _HOUR,  # or off
+    "BACKUP_HEAL_HOUR": _HOUR,  # or off
+    "BACKUP_TENANT_SCHEDULE_HOUR": _HOUR,  # or off
+    "BACKUP_TENANT_TASK_PRIORITY": whole(0, 255),  # and at most BACKUP_QUEUE_MAX_PRIORITY
+    "BACKUP_RESTORE_LOCK_TIMEOUT": _BACKOFF,  # 0: do not wait for other sessions at all
+}
 
 
 def setting_names() -> tuple[str, ...]:
@@ -186,24 +213,10 @@ def _get(source: Mapping[str, Any], name: str, default: Any = None) -> Any:
     return value
 
 
-def _int(source: Mapping[str, Any], name: str, default: int | None) -> int | None:
+def _number(source: Mapping[str, Any], name: str, default: Any) -> Any:
+    """``name`` parsed by its entry in :data:`NUMBERS`, or ``default`` when unset or blank."""
     value = _get(source, name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
-
-
-def _float(source: Mapping[str, Any], name: str, default: float) -> float:
-    value = _get(source, name)
-    if value is None:
-        return default
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    return default if value is None else NUMBERS[name](name, value)
 
 
 def _names(source: Mapping[str, Any], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -256,15 +269,15 @@ def load_config(source: Mapping[str, Any]) -> Config:
         old_encryption_keys=old_keys,
         locations=_location_specs(source),
         codec=str(_get(source, "BACKUP_COMPRESSION", "zstd")),
-        codec_level=_int(source, "BACKUP_COMPRESSION_LEVEL", None),
-        codec_threads=_int(source, "BACKUP_COMPRESSION_THREADS", -1) or -1,
-        pg_dump_timeout=_float(source, "BACKUP_PG_DUMP_TIMEOUT", 3600.0),
+        codec_level=_number(source, "BACKUP_COMPRESSION_LEVEL", None),
+        codec_threads=_number(source, "BACKUP_COMPRESSION_THREADS", -1),
+        pg_dump_timeout=_number(source, "BACKUP_PG_DUMP_TIMEOUT", 3600.0),
         pg_bindir=_get(source, "BACKUP_PG_BINDIR"),
         catalog_url=_get(source, "STRONGROOM_CATALOG_URL"),
-        restore_jobs=_int(source, "BACKUP_RESTORE_JOBS", 2) or 2,
+        restore_jobs=_number(source, "BACKUP_RESTORE_JOBS", 2),
         restore_scratch_dir=_get(source, "BACKUP_RESTORE_SCRATCH_DIR") or None,
-        restore_lock_timeout=_float(source, "BACKUP_RESTORE_LOCK_TIMEOUT", 30.0),
-        stale_after_hours=_float(source, "BACKUP_MAX_AGE_HOURS", 26.0),
+        restore_lock_timeout=_number(source, "BACKUP_RESTORE_LOCK_TIMEOUT", 30.0),
+        stale_after_hours=_number(source, "BACKUP_MAX_AGE_HOURS", 26.0),
         webhook_url=_get(source, "BACKUP_NOTIFY_WEBHOOK_URL"),
         tenant_table=str(_get(source, "STRONGROOM_TENANT_TABLE") or "tenants"),
         tenant_column=str(_get(source, "STRONGROOM_TENANT_COLUMN") or "tenant_id"),
@@ -288,45 +301,19 @@ def _bool(source: Mapping[str, Any], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
-def _bounded(source: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
-    value = _int(source, name, default)
-    assert value is not None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
 def load_task_settings(source: Mapping[str, Any]) -> TaskSettings:
     """The Celery side of the configuration, from the same names as everything else."""
-    dump_timeout = _float(source, "BACKUP_PG_DUMP_TIMEOUT", 3600.0)
-    soft = _float(source, "BACKUP_TASK_SOFT_TIME_LIMIT", dump_timeout + SOFT_LIMIT_MARGIN)
-    hard = _float(source, "BACKUP_TASK_TIME_LIMIT", soft + HARD_LIMIT_MARGIN)
-    if soft <= dump_timeout:
-        raise ConfigError(
-            f"BACKUP_TASK_SOFT_TIME_LIMIT ({soft:g} s) must exceed BACKUP_PG_DUMP_TIMEOUT "
-            f"({dump_timeout:g} s) so a slow dump is stopped and recorded by pg_dump's own timeout"
-        )
-    if hard <= soft:
-        raise ConfigError(
-            f"BACKUP_TASK_TIME_LIMIT ({hard:g} s) must exceed BACKUP_TASK_SOFT_TIME_LIMIT "
-            f"({soft:g} s)"
-        )
-    max_priority = _bounded(source, "BACKUP_QUEUE_MAX_PRIORITY", 10, 1, 255)
-    queue = str(_get(source, "BACKUP_QUEUE", "backups"))
-    backoff = _float(source, "BACKUP_TASK_RETRY_BACKOFF", 60.0)
-    backoff_max = _float(source, "BACKUP_TASK_RETRY_BACKOFF_MAX", 1800.0)
-    if backoff < 0 or backoff_max < backoff:
-        raise ConfigError(
-            "BACKUP_TASK_RETRY_BACKOFF must be >= 0 and BACKUP_TASK_RETRY_BACKOFF_MAX >= it"
-        )
+    soft, hard = _time_limits(source)
+    max_priority = _number(source, "BACKUP_QUEUE_MAX_PRIORITY", 10)
+    backoff, backoff_max = _backoff(source)
     broker = _get(source, "CELERY_BROKER_URL")
     return TaskSettings(
-        schedule_hour=_bounded(source, "BACKUP_SCHEDULE_HOUR", 2, 0, 23),
-        schedule_minute=_bounded(source, "BACKUP_SCHEDULE_MINUTE", 0, 0, 59),
-        queue=queue,
-        priority=_bounded(source, "BACKUP_TASK_PRIORITY", 10, 0, max_priority),
+        schedule_hour=_number(source, "BACKUP_SCHEDULE_HOUR", 2),
+        schedule_minute=_number(source, "BACKUP_SCHEDULE_MINUTE", 0),
+        queue=str(_get(source, "BACKUP_QUEUE", "backups")),
+        priority=_priority(source, max_priority),
         max_priority=max_priority,
-        max_retries=_bounded(source, "BACKUP_TASK_MAX_RETRIES", 3, 0, 100),
+        max_retries=_number(source, "BACKUP_TASK_MAX_RETRIES", 3),
         retry_backoff=backoff,
         retry_backoff_max=backoff_max,
         soft_time_limit=soft,
@@ -337,8 +324,59 @@ def load_task_settings(source: Mapping[str, Any]) -> TaskSettings:
         heal_hour=_hour_or_off(source, "BACKUP_HEAL_HOUR", 5),
         tenant_day=str(_get(source, "BACKUP_TENANT_SCHEDULE_DAY") or "sun"),
         tenant_hour=_hour_or_off(source, "BACKUP_TENANT_SCHEDULE_HOUR", 3),
-        tenant_priority=_bounded(source, "BACKUP_TENANT_TASK_PRIORITY", 8, 0, max_priority),
+        tenant_priority=_priority(source, max_priority, "BACKUP_TENANT_TASK_PRIORITY", 8),
     )
+
+
+def _time_limits(source: Mapping[str, Any]) -> tuple[float, float]:
+    """Celery's soft and hard limits, each after the one before; a default names its source."""
+    dump_timeout = _number(source, "BACKUP_PG_DUMP_TIMEOUT", 3600.0)
+    soft = _number(source, "BACKUP_TASK_SOFT_TIME_LIMIT", None)
+    soft_text = f"({soft:g} s)" if soft is not None else ""
+    if soft is None:
+        soft = dump_timeout + SOFT_LIMIT_MARGIN
+        soft_text = f"({soft:g} s: BACKUP_PG_DUMP_TIMEOUT + {SOFT_LIMIT_MARGIN:g} s by default)"
+    hard = _number(source, "BACKUP_TASK_TIME_LIMIT", soft + HARD_LIMIT_MARGIN)
+    if soft <= dump_timeout:
+        raise ConfigError(
+            f"BACKUP_TASK_SOFT_TIME_LIMIT ({soft:g} s) must exceed BACKUP_PG_DUMP_TIMEOUT "
+            f"({dump_timeout:g} s) so a slow dump is stopped and recorded by pg_dump's own timeout"
+        )
+    if hard <= soft:
+        raise ConfigError(
+            f"BACKUP_TASK_TIME_LIMIT ({hard:g} s) must exceed "
+            f"BACKUP_TASK_SOFT_TIME_LIMIT {soft_text}"
+        )
+    return float(soft), float(hard)
+
+
+def _backoff(source: Mapping[str, Any]) -> tuple[float, float]:
+    """The first retry's delay and the cap on later ones (by default at least the first)."""
+    backoff = _number(source, "BACKUP_TASK_RETRY_BACKOFF", None)
+    shown = f"{backoff:g} s" if backoff is not None else "60 s by default"
+    backoff = 60.0 if backoff is None else backoff
+    backoff_max = _number(source, "BACKUP_TASK_RETRY_BACKOFF_MAX", max(1800.0, backoff))
+    if backoff_max < backoff:
+        raise ConfigError(
+            f"BACKUP_TASK_RETRY_BACKOFF_MAX ({backoff_max:g} s) must be at least "
+            f"BACKUP_TASK_RETRY_BACKOFF ({shown})"
+        )
+    return backoff, backoff_max
+
+
+def _priority(
+    source: Mapping[str, Any],
+    max_priority: int,
+    name: str = "BACKUP_TASK_PRIORITY",
+    default: int = 10,
+) -> int:
+    """A task's priority, which the queue's maximum bounds."""
+    priority: int = _number(source, name, min(default, max_priority))
+    if priority > max_priority:
+        raise ConfigError(
+            f"{name} must be at most BACKUP_QUEUE_MAX_PRIORITY ({max_priority}), got {priority}"
+        )
+    return priority
 
 
 def _hour_or_off(source: Mapping[str, Any], name: str, default: int) -> int | None:
@@ -346,7 +384,8 @@ def _hour_or_off(source: Mapping[str, Any], name: str, default: int) -> int | No
     value = _get(source, name)
     if isinstance(value, str) and value.strip().lower() in ("off", "none", "false", ""):
         return None
-    return _bounded(source, name, default, 0, 23)
+    hour: int = _number(source, name, default)
+    return hour
 
 
 def environment(config_file: str | None = None) -> ChainMap[str, Any]:

@@ -599,7 +599,8 @@ class _ArgvWatch(threading.Thread):
     """Reads every process's argv from /proc until stopped; remembers leaks, never the secret.
 
     The argv of our own ``strongroom``, ``pg_dump`` and ``pg_restore`` processes (those whose
-    environment holds ``marker``; other work may run on the machine) is kept in ``seen``.
+    environment holds ``marker``, the test's own ``HOME``, which children keep; other work may run
+    on the machine) is kept in ``seen``.
     """
 
     WATCHED = frozenset({"strongroom", "pg_dump", "pg_restore"})
@@ -651,7 +652,7 @@ def test_no_password_or_key_in_any_argv_output_log_or_catalog(
     password = secrets.token_urlsafe(18)
     key = env["BACKUP_ENCRYPTION_KEY"]
     role_url = url_as(shop.admin_url, user=role, password=password)
-    watch = _ArgvWatch([password, key], marker=env["BACKUP_LOCAL_PATH"])
+    watch = _ArgvWatch([password, key], marker=env["HOME"])
     watch.start()
     try:
         runs = [

@@ -43,3 +43,32 @@ def test_backups_table_keeps_status_and_location_text() -> None:
         render.backups_table([_doc()])
     text = captured.get()
     assert "PARTIAL" in text and "local:stored b2:failed" in text
+
+
+def test_prune_summary_counts_real_copies_only() -> None:
+    """Two interrupted deletions that still fail, nothing new: never "deleted -2 copies"."""
+    from datetime import UTC, datetime
+
+    from strongroom.core.retention import RetentionPlan
+    from strongroom.services.prune import PrunedCopy, PruneReport
+
+    stuck = [PrunedCopy(f"b{i}", "r2", "RESUMED", "", ok=False, error="down") for i in (1, 2)]
+    report = PruneReport(datetime.now(UTC), False, RetentionPlan(datetime.now(UTC), ()))
+    report.resumed = stuck
+    counts = report.counts()
+    assert counts == {"deleted": 0, "failed": 0, "finished": 0, "unfinished": 2, "kept": 0}
+    assert render.prune_summary(dry_run=False, **counts) == (
+        "deleted 0 copies, finished 0 interrupted deletions (2 still unfinished), kept 0"
+    )
+    report.deleted = [
+        PrunedCopy("b3", "local", "EXPIRED_EVERYWHERE", ""),
+        PrunedCopy("b4", "b2", "EXPIRED_EVERYWHERE", "", ok=False, error="denied"),
+    ]
+    report.resumed = [stuck[0], PrunedCopy("b5", "local", "RESUMED", "")]
+    assert render.prune_summary(dry_run=False, **report.counts()) == (
+        "deleted 1 copy, 1 could not be deleted, "
+        "finished 1 interrupted deletion (1 still unfinished), kept 0"
+    )
+    assert render.prune_summary(
+        dry_run=True, deleted=3, failed=0, finished=0, unfinished=0, kept=6
+    ) == ("would delete 3 copies, kept 6")

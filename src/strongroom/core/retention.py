@@ -37,7 +37,9 @@ a tenant's backups form their own chain beside the full backups):
      ``EXPIRED_VERIFIED_ELSEWHERE``; or
    - (c2) *N* is empty: the backup is past retention in every location that holds it, so all
      its copies go together (otherwise an expired backup would live forever): reason
-     ``EXPIRED_EVERYWHERE``.
+     ``EXPIRED_EVERYWHERE``. This deletes copies with no verified copy elsewhere, on purpose:
+     retention must also delete, and a backup never verified anywhere would otherwise outlive
+     every retention the operator set; the newest good backup is safe by rule 4, which wins.
 
    Otherwise it is kept: ``NO_VERIFIED_ELSEWHERE`` (retention yields to safety until another
    location's copy is verified or expires too). An expired copy is never kept just to justify

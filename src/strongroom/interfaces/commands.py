@@ -209,16 +209,14 @@ def prune(args: argparse.Namespace, config: Config) -> int:
     else:
         for c in report.resumed:
             render.out.print(f"{'ok  ' if c.ok else 'FAIL'} finished {c.location:<8} {c.backup_id}")
-        shown = report.plan.decisions if report.dry_run else report.plan.to_delete
-        for d in shown:
-            verb = d.action.value.lower() if report.dry_run else "deleted"
-            render.out.print(
-                f"{verb:<7} {d.copy.location:<8} {d.copy.backup_id}  {d.reason.value}: {d.detail}",
-                soft_wrap=True,
-            )
-        done = "would delete" if report.dry_run else "deleted"
-        count = len(report.deleted) - len(report.failures)
-        render.out.print(f"{done} {count} copies, kept {len(report.plan.to_keep)}")
+        if report.dry_run:
+            for d in report.plan.decisions:
+                line = f"{d.action.value.lower():<7} {d.copy.location:<8} {d.copy.backup_id}"
+                render.out.print(f"{line}  {d.reason.value}: {d.detail}", soft_wrap=True)
+        for c in [] if report.dry_run else report.deleted:
+            line = f"{'deleted' if c.ok else 'FAILED':<7} {c.location:<8} {c.backup_id}"
+            render.out.print(f"{line}  {c.reason}: {c.detail}", soft_wrap=True)
+        render.out.print(render.prune_summary(dry_run=report.dry_run, **report.counts()))
     if not report.ok:
         render.err.print(f"strongroom: error: prune incomplete: {report.problems()}")
         return ExitCode.PRUNE_INCOMPLETE

@@ -41,6 +41,25 @@ def emit_json(document: Any) -> None:
     sys.stdout.write("\n")
 
 
+def prune_summary(
+    *, dry_run: bool, deleted: int, failed: int, finished: int, unfinished: int, kept: int
+) -> str:
+    """The last line of ``strongroom prune``: every number counts copies, none is derived."""
+    if dry_run:
+        return f"would delete {_copies(deleted)}, kept {kept}"
+    parts = [f"deleted {_copies(deleted)}"]
+    if failed:
+        parts.append(f"{failed} could not be deleted")
+    if finished or unfinished:
+        done = f"finished {finished} interrupted deletion{'' if finished == 1 else 's'}"
+        parts.append(done + (f" ({unfinished} still unfinished)" if unfinished else ""))
+    return ", ".join([*parts, f"kept {kept}"])
+
+
+def _copies(n: int) -> str:
+    return f"{n} cop{'y' if n == 1 else 'ies'}"
+
+
 def size(n: int | None) -> str:
     if n is None:
         return "-"

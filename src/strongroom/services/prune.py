@@ -65,6 +65,20 @@ class PruneReport:
     def failures(self) -> list[PrunedCopy]:
         return [c for c in (*self.resumed, *self.deleted) if not c.ok]
 
+    def counts(self) -> dict[str, int]:
+        """Each a count of real copies: deleted (or to delete), failed, finished, kept.
+
+        Deletions this run and interrupted ones finished first are counted apart, so no count
+        is ever derived by subtracting one list from another.
+        """
+        return {
+            "deleted": sum(c.ok for c in self.deleted),
+            "failed": sum(not c.ok for c in self.deleted),
+            "finished": sum(c.ok for c in self.resumed),
+            "unfinished": sum(not c.ok for c in self.resumed),
+            "kept": len(self.plan.to_keep),
+        }
+
     @property
     def ok(self) -> bool:
         return not self.failures

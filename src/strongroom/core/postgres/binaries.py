@@ -15,6 +15,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from strongroom.core.postgres.conninfo import process_env
 from strongroom.errors import ConfigError
 
 
@@ -46,7 +47,9 @@ def find_binary(name: str, bindir: str | None = None) -> str:
 
 
 def binary_version(path: str) -> str:
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [path, "--version"], capture_output=True, text=True, check=False, env=process_env()
+    )
     return out.stdout.strip()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +26,65 @@ _ENV_FOR = {
     "password": "PGPASSWORD",
     "dbname": "PGDATABASE",
     "passfile": "PGPASSFILE",
+    "service": "PGSERVICE",
+    "channel_binding": "PGCHANNELBINDING",
+    "require_auth": "PGREQUIREAUTH",
     "sslmode": "PGSSLMODE",
+    "sslnegotiation": "PGSSLNEGOTIATION",
+    "sslcompression": "PGSSLCOMPRESSION",
     "sslrootcert": "PGSSLROOTCERT",
     "sslcert": "PGSSLCERT",
     "sslkey": "PGSSLKEY",
+    "sslcertmode": "PGSSLCERTMODE",
+    "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR",
+    "sslsni": "PGSSLSNI",
+    "requirepeer": "PGREQUIREPEER",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "gssencmode": "PGGSSENCMODE",
+    "krbsrvname": "PGKRBSRVNAME",
+    "gsslib": "PGGSSLIB",
+    "gssdelegation": "PGGSSDELEGATION",
     "connect_timeout": "PGCONNECT_TIMEOUT",
+    "client_encoding": "PGCLIENTENCODING",
     "application_name": "PGAPPNAME",
     "options": "PGOPTIONS",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS",
 }
+
+# libpq variables with no connection keyword: where its files are, and session defaults.
+_LIBPQ_ONLY = frozenset(
+    {
+        "PGSERVICEFILE",
+        "PGSYSCONFDIR",
+        "PGLOCALEDIR",
+        "PGREQUIRESSL",
+        "PGTZ",
+        "PGDATESTYLE",
+        "PGGEQO",
+    }
+)
+LIBPQ_VARIABLES = frozenset(_ENV_FOR.values()) | _LIBPQ_ONLY
+
+# What any child process needs besides libpq's own: finding binaries, ~/.pgpass, locale, time.
+PROCESS_VARIABLES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
+
+
+def process_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The part of ``environ`` (default: this process's) any child may see: no secret of ours.
+
+    An allow-list, not a deny-list: the encryption keys, storage credentials and whatever a
+    Django or Celery deployment exports are never handed to pg_dump or pg_restore, whose
+    environment any process of the same user can read under /proc.
+    """
+    source = os.environ if environ is None else environ
+    return {
+        k: v
+        for k, v in source.items()
+        if k in PROCESS_VARIABLES or k.startswith("LC_") or k in LIBPQ_VARIABLES
+    }
 
 
 @dataclass(frozen=True)
@@ -71,9 +123,13 @@ class ConnInfo:
     def conninfo(self) -> str:
         return make_conninfo(**self.params)
 
-    def env(self) -> dict[str, str]:
-        """Environment for libpq children: the process env plus this target, password included."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    def env(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Environment for libpq children: :func:`process_env` with this target, password included.
+
+        libpq variables already set (``PGPASSFILE``, ``PGSSLROOTCERT``, ...) pass, as they do for
+        this process's own connections; the URL's parameters win over them, as in libpq.
+        """
+        env = process_env(environ)
         for key, value in self.params.items():
             if key in _ENV_FOR:
                 env[_ENV_FOR[key]] = value

@@ -28,7 +28,7 @@ from strongroom.core.storage.base import (
     ObjectWriter,
     register_backend,
 )
-from strongroom.core.storage.settings import LocationType, Setting, integer, register_location
+from strongroom.core.storage.settings import LocationType, Setting, days, register_location
 from strongroom.core.streams import Reader
 from strongroom.errors import ConfigError, LocationUnavailable, ObjectNotFound, StorageError
 
@@ -393,7 +393,7 @@ LOCAL = register_location(
         "local",
         LocalLocation,
         settings=(Setting("BACKUP_LOCAL_PATH", "path", default=DEFAULT_LOCAL_PATH),),
-        retention=Setting("BACKUP_LOCAL_RETENTION_DAYS", parse=integer, default=30),
-        tenant_retention=Setting("BACKUP_LOCAL_TENANT_RETENTION_DAYS", parse=integer, default=56),
+        retention=Setting("BACKUP_LOCAL_RETENTION_DAYS", parse=days, default=30),
+        tenant_retention=Setting("BACKUP_LOCAL_TENANT_RETENTION_DAYS", parse=days, default=56),
     )
 )

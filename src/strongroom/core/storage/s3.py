@@ -44,10 +44,8 @@ from strongroom.core.storage.settings import (
     LocationType,
     Setting,
     Values,
-    integer,
+    days,
     register_location,
-    seconds,
-    whole_number,
 )
 from strongroom.core.streams import Reader
 from strongroom.errors import (
@@ -57,6 +55,7 @@ from strongroom.errors import (
     StorageError,
     StrongroomError,
 )
+from strongroom.numbers import seconds, whole
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -677,6 +676,12 @@ def _aware(moment: datetime | None) -> datetime | None:
 # -- the S3-compatible locations: Cloudflare R2 and Backblaze B2 -------------------------------
 
 
+#: The longest a single request may be allowed to take.
+DAY = 24 * 3600
+#: S3's own limits on a multipart part, in bytes.
+PART_SIZE = whole(MIN_PART_SIZE, MAX_PART_SIZE, "a size in bytes")
+
+
 def _cloud_settings(env: str, region: str, endpoint_from: str) -> tuple[Setting, ...]:
     """R2 and B2 share one shape: the default region and the endpoint's source differ."""
     return (
@@ -692,11 +697,11 @@ def _cloud_settings(env: str, region: str, endpoint_from: str) -> tuple[Setting,
         Setting(f"{env}_REGION", "region", default=region),
         *(() if endpoint_from == f"{env}_REGION" else (Setting(endpoint_from),)),
         Setting(f"{env}_PREFIX", "prefix", default=""),
-        Setting(f"{env}_MAX_ATTEMPTS", "max_attempts", whole_number),
-        Setting(f"{env}_PART_RETRIES", "part_retries", whole_number),
-        Setting(f"{env}_CONNECT_TIMEOUT", "connect_timeout", seconds),
-        Setting(f"{env}_READ_TIMEOUT", "read_timeout", seconds),
-        Setting(f"{env}_PART_SIZE", "part_size", whole_number),
+        Setting(f"{env}_MAX_ATTEMPTS", "max_attempts", whole(1, 100)),
+        Setting(f"{env}_PART_RETRIES", "part_retries", whole(0, 100)),
+        Setting(f"{env}_CONNECT_TIMEOUT", "connect_timeout", seconds(high=DAY)),
+        Setting(f"{env}_READ_TIMEOUT", "read_timeout", seconds(high=DAY)),
+        Setting(f"{env}_PART_SIZE", "part_size", PART_SIZE),
     )
 
 
@@ -715,8 +720,8 @@ R2 = register_location(
         "r2",
         S3Location,
         settings=_cloud_settings("R2", "auto", "R2_ACCOUNT_ID"),
-        retention=Setting("R2_RETENTION_DAYS", parse=integer, default=365),
-        tenant_retention=Setting("R2_TENANT_RETENTION_DAYS", parse=integer, default=365),
+        retention=Setting("R2_RETENTION_DAYS", parse=days, default=365),
+        tenant_retention=Setting("R2_TENANT_RETENTION_DAYS", parse=days, default=365),
         derive=_r2_endpoint,
     )
 )
@@ -725,8 +730,8 @@ B2 = register_location(
         "b2",
         S3Location,
         settings=_cloud_settings("B2", "us-east-005", "B2_REGION"),
-        retention=Setting("B2_RETENTION_DAYS", parse=integer, default=365),
-        tenant_retention=Setting("B2_TENANT_RETENTION_DAYS", parse=integer, default=365),
+        retention=Setting("B2_RETENTION_DAYS", parse=days, default=365),
+        tenant_retention=Setting("B2_TENANT_RETENTION_DAYS", parse=days, default=365),
         derive=_b2_endpoint,
     )
 )

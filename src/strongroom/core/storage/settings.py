@@ -13,7 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from strongroom import numbers
 from strongroom.errors import ConfigError
+from strongroom.numbers import Number, whole
 
 if TYPE_CHECKING:
     from strongroom.core.storage.base import Location
@@ -38,28 +40,23 @@ def text(name: str, value: Any) -> str:
     return str(value)
 
 
-def integer(name: str, value: Any) -> int:
-    """An integer such as a number of days."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+#: Numeric parsers (:class:`strongroom.numbers.Number`): finite, in range, named by the setting.
+#: A backend declares its own range with ``whole(low, high)`` or ``seconds(high=...)``.
+integer = Number("an integer", whole=True)
+whole_number = whole(0)
+seconds = numbers.seconds()
+#: Days a copy is kept (every location's retention setting).
+days = numbers.DAYS
 
 
-def whole_number(name: str, value: Any) -> int:
-    """A count or a size in bytes."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
-
-
-def seconds(name: str, value: Any) -> float:
-    """A duration in seconds (fractions allowed)."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+def numeric_settings() -> tuple[Setting, ...]:
+    """Every registered location's numeric settings, retention included (tests cover each)."""
+    return tuple(
+        s
+        for t in location_types()
+        for s in (*t.settings, t.retention)
+        if isinstance(s.parse, Number)
+    )
 
 
 @dataclass(frozen=True)
@@ -96,7 +93,7 @@ class LocationType:
     name: str
     backend: type[Location]
     settings: tuple[Setting, ...]
-    #: Days a copy is kept; its default applies when unset or 0.
+    #: Days a copy is kept (``parse=days``: at least 1); its default applies when unset.
     retention: Setting
     #: Fill options from other settings (an endpoint from an account id), given parsed values.
     derive: Callable[[Values, dict[str, Any]], None] | None = None
@@ -129,9 +126,13 @@ class LocationType:
             self.derive(values, options)
         missing = _missing(self.settings, values, options)
         problem = f"{self.name} is not configured: set {', '.join(missing)}" if missing else ""
-        days = _parsed(source, self.retention) or self.retention.default
+        days = _parsed(source, self.retention)
+        days = self.retention.default if days is None else days
         tenant = self.tenant_retention
-        tenant_days = (_parsed(source, tenant) or tenant.default) if tenant else None
+        tenant_days = None
+        if tenant is not None:
+            tenant_days = _parsed(source, tenant)
+            tenant_days = tenant.default if tenant_days is None else tenant_days
         return LocationOptions(
             options, int(days), problem, None if tenant_days is None else int(tenant_days)
         )
