@@ -18,6 +18,7 @@ from strongroom.numbers import Number
 #: Settings another one bounds: that one set so this one's whole range is allowed.
 COMPANIONS = {
     "BACKUP_TASK_PRIORITY": {"BACKUP_QUEUE_MAX_PRIORITY": "255"},
+    "BACKUP_TENANT_TASK_PRIORITY": {"BACKUP_QUEUE_MAX_PRIORITY": "255"},
     "BACKUP_TASK_RETRY_BACKOFF_MAX": {"BACKUP_TASK_RETRY_BACKOFF": "0"},
 }
 
@@ -27,7 +28,8 @@ def _declared() -> list[tuple[str, Number, dict[str, str]]]:
     rows = [(name, parser, COMPANIONS.get(name, {})) for name, parser in config.NUMBERS.items()]
     numeric = {s.name for s in numeric_settings()}
     for kind in location_types():
-        for s in (*kind.settings, kind.retention):
+        tenant = (kind.tenant_retention,) if kind.tenant_retention is not None else ()
+        for s in (*kind.settings, kind.retention, *tenant):
             if s.name in numeric:
                 assert isinstance(s.parse, Number)
                 rows.append((s.name, s.parse, {"STRONGROOM_LOCATIONS": kind.name}))

@@ -54,9 +54,13 @@ def numeric_settings() -> tuple[Setting, ...]:
     return tuple(
         s
         for t in location_types()
-        for s in (*t.settings, t.retention)
+        for s in (*t.settings, t.retention, *_optional(t.tenant_retention))
         if isinstance(s.parse, Number)
     )
+
+
+def _optional(setting: Setting | None) -> tuple[Setting, ...]:
+    return (setting,) if setting is not None else ()
 
 
 @dataclass(frozen=True)
