@@ -11,6 +11,7 @@ Secrets (keys, S3 credentials, database passwords) are kept as given and never r
 
 from __future__ import annotations
 
+import math
 import os
 from collections import ChainMap
 from collections.abc import Mapping
@@ -32,6 +33,8 @@ GENERAL_SETTINGS = (
     "BACKUP_COMPRESSION_LEVEL",
     "BACKUP_COMPRESSION_THREADS",
     "BACKUP_PG_DUMP_TIMEOUT",
+    "BACKUP_LOCATION_TIMEOUT",
+    "BACKUP_CHECK_TIMEOUT",
     "BACKUP_PG_BINDIR",
     "BACKUP_RESTORE_JOBS",
     "BACKUP_RESTORE_SCRATCH_DIR",
@@ -134,6 +137,11 @@ class Config:
     codec_level: int | None = None
     codec_threads: int = -1
     pg_dump_timeout: float = 3600.0
+    #: Seconds a location may stay silent in a backup (its pre-stream steps, or accepting
+    #: nothing mid-stream) before it is dropped (optional) or fails the run (required).
+    location_timeout: float = 60.0
+    #: Seconds ``strongroom check`` waits for all location probes together.
+    check_timeout: float = 15.0
     pg_bindir: str | None = None
     catalog_url: str | None = None
     restore_jobs: int = 2
@@ -183,6 +191,14 @@ def _float(source: Mapping[str, Any], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
 
 
+def _timeout(source: Mapping[str, Any], name: str, default: float) -> float:
+    """A wait in seconds: finite and above zero, or every network wait could be unbounded."""
+    value = _float(source, name, default)
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a number of seconds above 0, got {value!r}")
+    return value
+
+
 def _names(source: Mapping[str, Any], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     value = _get(source, name)
     if value is None:
@@ -230,6 +246,8 @@ def load_config(source: Mapping[str, Any]) -> Config:
         codec_level=_int(source, "BACKUP_COMPRESSION_LEVEL", None),
         codec_threads=_int(source, "BACKUP_COMPRESSION_THREADS", -1) or -1,
         pg_dump_timeout=_float(source, "BACKUP_PG_DUMP_TIMEOUT", 3600.0),
+        location_timeout=_timeout(source, "BACKUP_LOCATION_TIMEOUT", 60.0),
+        check_timeout=_timeout(source, "BACKUP_CHECK_TIMEOUT", 15.0),
         pg_bindir=_get(source, "BACKUP_PG_BINDIR"),
         catalog_url=_get(source, "STRONGROOM_CATALOG_URL"),
         restore_jobs=_int(source, "BACKUP_RESTORE_JOBS", 2) or 2,
