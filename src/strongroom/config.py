@@ -33,6 +33,8 @@ GENERAL_SETTINGS = (
     "BACKUP_COMPRESSION_LEVEL",
     "BACKUP_COMPRESSION_THREADS",
     "BACKUP_PG_DUMP_TIMEOUT",
+    "BACKUP_LOCATION_TIMEOUT",
+    "BACKUP_CHECK_TIMEOUT",
     "BACKUP_PG_BINDIR",
     "BACKUP_RESTORE_JOBS",
     "BACKUP_RESTORE_SCRATCH_DIR",
@@ -95,6 +97,8 @@ NUMBERS: dict[str, Number] = {
     "BACKUP_TENANT_SCHEDULE_HOUR": _HOUR,  # or off
     "BACKUP_TENANT_TASK_PRIORITY": whole(0, 255),  # and at most BACKUP_QUEUE_MAX_PRIORITY
     "BACKUP_RESTORE_LOCK_TIMEOUT": _BACKOFF,  # 0: do not wait for other sessions at all
+    "BACKUP_LOCATION_TIMEOUT": seconds(high=24 * 3600),
+    "BACKUP_CHECK_TIMEOUT": seconds(high=24 * 3600),
 }
 
 
@@ -177,6 +181,11 @@ class Config:
     codec_level: int | None = None
     codec_threads: int = -1
     pg_dump_timeout: float = 3600.0
+    #: Seconds a location may stay silent in a backup (its pre-stream steps, or accepting
+    #: nothing mid-stream) before it is dropped (optional) or fails the run (required).
+    location_timeout: float = 60.0
+    #: Seconds ``strongroom check`` waits for all location probes together.
+    check_timeout: float = 15.0
     pg_bindir: str | None = None
     catalog_url: str | None = None
     restore_jobs: int = 2
@@ -272,6 +281,8 @@ def load_config(source: Mapping[str, Any]) -> Config:
         codec_level=_number(source, "BACKUP_COMPRESSION_LEVEL", None),
         codec_threads=_number(source, "BACKUP_COMPRESSION_THREADS", -1),
         pg_dump_timeout=_number(source, "BACKUP_PG_DUMP_TIMEOUT", 3600.0),
+        location_timeout=_number(source, "BACKUP_LOCATION_TIMEOUT", 60.0),
+        check_timeout=_number(source, "BACKUP_CHECK_TIMEOUT", 15.0),
         pg_bindir=_get(source, "BACKUP_PG_BINDIR"),
         catalog_url=_get(source, "STRONGROOM_CATALOG_URL"),
         restore_jobs=_number(source, "BACKUP_RESTORE_JOBS", 2),

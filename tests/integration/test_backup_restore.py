@@ -310,7 +310,7 @@ def test_json_documents_verify_and_restore_with_two_jobs_and_latest(
     assert "ok   local" in human
 
     target = new_db()
-    watch = _ArgvWatch([env["BACKUP_ENCRYPTION_KEY"]], marker=env["BACKUP_LOCAL_PATH"])
+    watch = _ArgvWatch([env["BACKUP_ENCRYPTION_KEY"]], marker=env["HOME"])
     watch.start()
     try:
         out = _ok(cli("restore", "--latest", "--target", target, "-j", "2"))

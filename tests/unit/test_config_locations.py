@@ -147,3 +147,11 @@ def test_retry_budgets_and_timeouts_come_from_the_environment() -> None:
 def test_a_malformed_number_names_its_variable(name: str, value: str, kind: str) -> None:
     with pytest.raises(ConfigError, match=f"^{name} must be {kind}.*got '{value}'$"):
         load_config({**CREDENTIALS, "B2_REGION": "us-west-004", name: value})
+
+
+def test_each_s3_operation_has_an_overall_deadline() -> None:
+    settings = {**CREDENTIALS, "STRONGROOM_LOCATIONS": "b2", "B2_REGION": "us-west-004"}
+    assert _built(settings, "b2").operation_timeout == 120.0
+    assert _built({**settings, "B2_OPERATION_TIMEOUT": "7.5"}, "b2").operation_timeout == 7.5
+    with pytest.raises(ConfigError, match="^B2_OPERATION_TIMEOUT must be more than 0"):
+        _built({**settings, "B2_OPERATION_TIMEOUT": "0"}, "b2")

@@ -3,9 +3,11 @@
 No temporary files and bounded memory whatever the database size: the producer reads the source
 in fixed chunks, and each location drains a small bounded queue in its own thread, so one dump
 feeds all locations. A location that fails is dropped (its thread keeps draining so it never
-blocks the producer) and the others go on; a location that stalls longer than ``stall_timeout``
-is dropped too. Nothing is committed here: the caller decides, once the source has exited cleanly,
-whether each upload is committed or aborted.
+blocks the producer) and the others go on; a location that accepts nothing for ``stall_timeout``
+is dropped too, and its writer, whose thread may be stuck in a socket read that no one can
+interrupt, is abandoned: aborted from a daemon thread nobody waits for. Nothing is committed
+here: the caller decides, once the source has exited cleanly, whether each upload is committed or
+aborted.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from strongroom.core import deadline
 from strongroom.core.codecs import Codec
 from strongroom.core.crypto import Keyring
 from strongroom.core.storage.base import ObjectWriter
 from strongroom.core.streams import Reader
+from strongroom.errors import LocationUnavailable
 
 CHUNK_SIZE = 1 << 20
 QUEUE_CHUNKS = 8
+#: Seconds a location may accept nothing before it is dropped (``BACKUP_LOCATION_TIMEOUT``).
+STALL_TIMEOUT = 60.0
 _END = b""
 
 Progress = Callable[[int, int], None]
@@ -41,6 +47,8 @@ class LocationOutcome:
     duration: float = 0.0
     error: BaseException | None = None
     committed: bool = False
+    #: Dropped while its writer may still be busy in its thread: abort it without waiting.
+    abandoned: bool = False
 
     @property
     def ok(self) -> bool:
@@ -66,10 +74,35 @@ class _LocationFeeder(threading.Thread):
                 continue  # keep draining so the producer never blocks on a dead location
             try:
                 self.writer.write(chunk)
-                self.outcome.bytes_written += len(chunk)
             except BaseException as exc:
-                self.outcome.error = exc
+                if self.outcome.error is None:  # a stall already said why it was dropped
+                    self.outcome.error = exc
+                continue
+            if not self.dropped:
+                self.outcome.bytes_written += len(chunk)
+        if not self.dropped:
+            self.outcome.duration = time.monotonic() - self.outcome.started
+
+    def drop(self, seconds: float) -> None:
+        """Give up on a location that accepted nothing for ``seconds``; never blocks.
+
+        The thread may be stuck in a write: the queue is emptied and ended so it exits as soon
+        as that write returns, and the writer is marked for an abort nobody waits for.
+        """
+        name = self.outcome.name
+        self.dropped = self.outcome.abandoned = True
         self.outcome.duration = time.monotonic() - self.outcome.started
+        if self.outcome.error is None:
+            self.outcome.error = LocationUnavailable(
+                f"{name}: no answer in {seconds:g} s (accepted nothing mid-upload), dropped "
+                f"from this run",
+                name,
+            )
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.queue.get_nowait()
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(_END)
 
 
 class FanOut:
@@ -80,7 +113,7 @@ class FanOut:
         writers: Mapping[str, ObjectWriter],
         *,
         depth: int = QUEUE_CHUNKS,
-        stall_timeout: float = 600.0,
+        stall_timeout: float = STALL_TIMEOUT,
     ) -> None:
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -101,19 +134,30 @@ class FanOut:
             try:
                 feeder.queue.put(chunk, timeout=self.stall_timeout)
             except queue.Full:
-                feeder.dropped = True
-                feeder.outcome.error = TimeoutError(
-                    f"location accepted nothing for {self.stall_timeout:.0f} s and was dropped"
-                )
+                feeder.drop(self.stall_timeout)
         return len(data)
 
     def close(self) -> None:
+        """End every queue and wait for each location to drain it, while it makes progress."""
         for feeder in self.feeders:
-            if not feeder.dropped:
-                feeder.queue.put(_END)
+            if feeder.dropped:
+                continue
+            try:
+                feeder.queue.put(_END, timeout=self.stall_timeout)
+            except queue.Full:
+                feeder.drop(self.stall_timeout)
         for feeder in self.feeders:
-            if not feeder.dropped:
-                feeder.join()
+            self._drain(feeder)
+
+    def _drain(self, feeder: _LocationFeeder) -> None:
+        """Join ``feeder``; one that writes nothing for ``stall_timeout`` is dropped instead."""
+        while not feeder.dropped:
+            before = feeder.outcome.bytes_written
+            feeder.join(self.stall_timeout)
+            if not feeder.is_alive():
+                return
+            if feeder.outcome.bytes_written == before:
+                feeder.drop(self.stall_timeout)
 
     def lost(self, required: frozenset[str]) -> bool:
         """Every location failed, or one of ``required`` did."""
@@ -143,7 +187,7 @@ def stream_to_locations(
     *,
     chunk_size: int = CHUNK_SIZE,
     progress: Progress | None = None,
-    stall_timeout: float = 600.0,
+    stall_timeout: float = STALL_TIMEOUT,
     stop_on_failure_of: frozenset[str] = frozenset(),
 ) -> StreamResult:
     """Push ``source`` through the codec and the cipher into every writer, uncommitted.
@@ -187,8 +231,15 @@ def settle(
     """Commit every healthy upload (in parallel) when ``commit``, abort everything else.
 
     An abort never raises: its job is to leave nothing behind, and a failure to abort is
-    recorded on the outcome for ``cleanup_incomplete`` to mop up next time.
+    recorded on the outcome for ``cleanup_incomplete`` to mop up next time. A dropped
+    (abandoned) location is aborted from a daemon thread nobody waits for: it stopped
+    answering, and its abort could hang as long as its writes did; what it leaves is mopped up
+    by the next run's ``cleanup_incomplete``.
     """
+    waited = [n for n in writers if not outcomes[n].abandoned]
+    for name in writers:
+        if outcomes[name].abandoned:
+            deadline.abandon(writers[name].abort, f"strongroom-abort-{name}")
 
     def one(name: str) -> None:
         outcome = outcomes[name]
@@ -203,5 +254,5 @@ def settle(
         with contextlib.suppress(BaseException):
             writer.abort()
 
-    with ThreadPoolExecutor(max_workers=max(1, len(writers))) as pool:
-        list(pool.map(one, list(writers)))
+    with ThreadPoolExecutor(max_workers=max(1, len(waited))) as pool:
+        list(pool.map(one, waited))

@@ -6,19 +6,27 @@ required is broken or the newest good backup is older than ``BACKUP_MAX_AGE_HOUR
 The catalog is checked, not trusted: ``PRAGMA quick_check`` (SQLite) or a query (PostgreSQL)
 must pass, and an empty catalog beside a location that holds manifests is a warning naming
 ``catalog rebuild --from`` that location (a lost catalog looks exactly like a new one).
+
+Locations are probed all at once, in the background, under one deadline
+(``BACKUP_CHECK_TIMEOUT``) while the key, the database and the catalog are checked: a location
+that accepts connections and never answers is reported as "no answer in N s" and holds up
+nothing else.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from strongroom.catalog import bootstrap, store
 from strongroom.config import Config
-from strongroom.core import postgres
+from strongroom.core import deadline, postgres
 from strongroom.core.crypto import Keyring
+from strongroom.core.deadline import Pending
 from strongroom.core.manifest import MANIFEST_SUFFIX
-from strongroom.core.storage.base import CheckResult
+from strongroom.core.storage.base import CheckResult, Location
 from strongroom.errors import BackupNotFound, StrongroomError
 from strongroom.services.backup import reap_dead_runs
 from strongroom.services.runtime import build_locations
@@ -43,10 +51,12 @@ class HealthReport:
 
 def run_checks(config: Config, *, now: datetime | None = None) -> HealthReport:
     report = HealthReport()
+    locations = _LocationProbes(config)  # running while the rest is checked
     report.probes.append(_key_probe(config))
     report.probes.append(_database_probe(config))
-    report.probes.extend(_location_probes(config))
-    report.probes.extend(_catalog_probes(config, now or datetime.now(UTC)))
+    catalog = _catalog_probes(config, now or datetime.now(UTC), locations)
+    report.probes.extend(locations.probes())
+    report.probes.extend(catalog)
     return report
 
 
@@ -74,23 +84,45 @@ def _database_probe(config: Config) -> Probe:
     )
 
 
-def _location_probes(config: Config) -> list[Probe]:
-    probes = []
-    locations, unconfigured = build_locations(config.locations)
-    for spec in config.locations:
-        if spec.name in unconfigured:
-            probes.append(
-                Probe(f"location {spec.name}", False, unconfigured[spec.name], spec.required)
-            )
-    for loc in locations:
+class _LocationProbes:
+    """Every location's ``check()`` started at once; read back under one shared deadline."""
+
+    def __init__(self, config: Config) -> None:
+        self.specs = config.locations
+        self.seconds = config.check_timeout
+        self.until = time.monotonic() + self.seconds
+        self.locations, self.unconfigured = build_locations(config.locations)
+        self.pending: dict[str, Pending[CheckResult]] = {
+            loc.name: Pending(loc.check, f"strongroom-check-{loc.name}") for loc in self.locations
+        }
+
+    def answered(self, name: str) -> bool:
+        """Whether ``name`` answered its probe in time (waiting up to the deadline)."""
+        return self.pending[name].wait(self.until)
+
+    def probes(self) -> list[Probe]:
+        probes = [
+            Probe(f"location {spec.name}", False, self.unconfigured[spec.name], spec.required)
+            for spec in self.specs
+            if spec.name in self.unconfigured
+        ]
+        probes.extend(self._probe(loc) for loc in self.locations)
+        return probes
+
+    def _probe(self, loc: Location) -> Probe:
         try:
-            result = loc.check()
-            ok = result.reachable and result.writable
-            detail = f"{loc.describe()}: {_state(result)}"
+            result = (
+                self.pending[loc.name].result(self.seconds) if self.answered(loc.name) else None
+            )
         except StrongroomError as exc:
-            ok, detail = False, str(exc)
-        probes.append(Probe(f"location {loc.name}", ok, detail, loc.required))
-    return probes
+            return Probe(f"location {loc.name}", False, str(exc), loc.required)
+        if result is None:
+            detail = f"{loc.describe()}: no answer in {self.seconds:g} s (BACKUP_CHECK_TIMEOUT)"
+            return Probe(f"location {loc.name}", False, detail, loc.required)
+        ok = result.reachable and result.writable
+        return Probe(
+            f"location {loc.name}", ok, f"{loc.describe()}: {_state(result)}", loc.required
+        )
 
 
 def _state(result: CheckResult) -> str:
@@ -102,7 +134,11 @@ def _state(result: CheckResult) -> str:
     return result.detail
 
 
-def _catalog_probe(config: Config) -> Probe:
+def _manifests_in(loc: Location) -> int:
+    return sum(1 for info in loc.list("") if info.key.endswith(MANIFEST_SUFFIX))
+
+
+def _catalog_probe(config: Config, locations: _LocationProbes) -> Probe:
     """Open the catalog (opening may have failed before the command ran) and check its file."""
     try:
         bootstrap.ensure_django(config.catalog_url)
@@ -110,19 +146,25 @@ def _catalog_probe(config: Config) -> Probe:
     except StrongroomError as exc:
         return Probe("catalog", False, str(exc))
     if state.backups == 0:
-        orphaned = _orphaned_manifests(config, state.where)
+        orphaned = _orphaned_manifests(state.where, locations)
         if orphaned is not None:
             return orphaned
     return Probe("catalog", True, f"{state.where}: {state.checked}, {state.backups} backup(s)")
 
 
-def _orphaned_manifests(config: Config, where: str) -> Probe | None:
-    """An empty catalog while a location holds manifests: the catalog was lost or replaced."""
-    locations, _ = build_locations(config.locations)
-    for loc in locations:
+def _orphaned_manifests(where: str, locations: _LocationProbes) -> Probe | None:
+    """An empty catalog while a location holds manifests: the catalog was lost or replaced.
+
+    Only locations that answered their probe are listed, within what is left of the deadline.
+    """
+    for loc in locations.locations:
+        if not locations.answered(loc.name):
+            continue  # its location probe says "no answer"
         try:
-            count = sum(1 for info in loc.list("") if info.key.endswith(MANIFEST_SUFFIX))
-        except StrongroomError:
+            count = deadline.within(
+                max(0.0, locations.until - time.monotonic()), partial(_manifests_in, loc)
+            )
+        except (StrongroomError, deadline.NoAnswer):
             continue  # its location probe already says why
         if count:
             return Probe(
@@ -135,8 +177,8 @@ def _orphaned_manifests(config: Config, where: str) -> Probe | None:
     return None
 
 
-def _catalog_probes(config: Config, now: datetime) -> list[Probe]:
-    catalog = _catalog_probe(config)
+def _catalog_probes(config: Config, now: datetime, locations: _LocationProbes) -> list[Probe]:
+    catalog = _catalog_probe(config, locations)
     if catalog.required and not catalog.ok:
         return [catalog]  # nothing below can be read, let alone trusted
     probes = [catalog]

@@ -18,9 +18,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from strongroom.catalog import store
+from strongroom.core import deadline
+from strongroom.core.deadline import Pending
 from strongroom.core.manifest import Manifest, manifest_key_for
 from strongroom.core.pipeline import LocationOutcome, StreamResult, settle, stream_to_locations
 from strongroom.core.status import BackupStatus, CopyStatus
@@ -35,6 +38,7 @@ from strongroom.errors import (
 from strongroom.services.runtime import Runtime
 
 log = logging.getLogger("strongroom.storing")
+T = TypeVar("T")
 
 Progress = Callable[[int, int], None]
 _HEARTBEAT_EVERY = 15.0
@@ -138,6 +142,10 @@ class ObjectUpload:
         self.user_progress = progress
         self._last_beat = time.monotonic()
         self._withdrawn: set[str] = set()
+        #: Optional locations that stayed silent before the stream, with the reason.
+        self._dropped: dict[str, LocationUnavailable] = {}
+        #: Required locations that stayed silent: the run fails with this reason.
+        self._silent: dict[str, LocationUnavailable] = {}
 
     # -- before the source starts ------------------------------------------------------------
 
@@ -146,17 +154,26 @@ class ObjectUpload:
         for name, problem in self.rt.unconfigured.items():
             if self._required(name):
                 raise ConfigError(problem)
-        for loc in self.rt.locations:
-            if loc.required:
-                probe = loc.check()
-                if not probe.writable:
-                    raise LocationUnavailable(probe.detail, location=loc.name)
+        required = [loc for loc in self.rt.locations if loc.required]
+        probes = self._each("check", {loc.name: loc.check for loc in required})
+        self._raise_if_required_silent()
+        for loc in required:
+            probe = probes[loc.name].result(self._timeout)
+            if not probe.writable:
+                raise LocationUnavailable(probe.detail, location=loc.name)
 
     def cleanup(self, prefix: str, before: Any) -> None:
         """Abort uploads that a dead earlier run left behind (the caller holds the lock)."""
-        for loc in self.rt.locations:
+        live = self._live()
+        done = self._each(
+            "cleanup", {loc.name: partial(loc.cleanup_incomplete, prefix, before) for loc in live}
+        )
+        self._raise_if_required_silent()
+        for loc in live:
+            if loc.name in self._dropped:
+                continue
             try:
-                removed = loc.cleanup_incomplete(prefix, before)
+                removed = done[loc.name].result(self._timeout)
             except StrongroomError as exc:
                 log.warning("cleanup of %s skipped: %s", loc.name, exc)
                 continue
@@ -181,6 +198,7 @@ class ObjectUpload:
                 self.rt.keyring,
                 writers,
                 progress=self._progress,
+                stall_timeout=self._timeout,
                 stop_on_failure_of=required,
             )
             outcomes = {**result.outcomes, **failed}
@@ -229,12 +247,56 @@ class ObjectUpload:
         failed: dict[str, LocationOutcome] = {}
         for name, problem in self.rt.unconfigured.items():
             failed[name] = LocationOutcome(name, error=ConfigError(problem))
-        for loc in self.rt.locations:
+        live = self._live()
+        opened = self._each("open", {loc.name: partial(loc.open_writer, self.key) for loc in live})
+        for name, error in self._dropped.items():
+            failed[name] = LocationOutcome(name, error=error)
+        for loc in live:
+            if loc.name in self._dropped:
+                continue
             try:
-                writers[loc.name] = loc.open_writer(self.key)
+                writers[loc.name] = opened[loc.name].result(self._timeout)
             except StrongroomError as exc:
                 failed[loc.name] = LocationOutcome(loc.name, error=exc)
+        if self._silent:
+            settle(writers, {n: LocationOutcome(n) for n in writers}, commit=False)
+            self._raise_if_required_silent()
         return writers, failed
+
+    # -- every location at once, under one deadline -------------------------------------------
+
+    @property
+    def _timeout(self) -> float:
+        return self.rt.config.location_timeout
+
+    def _live(self) -> list[Location]:
+        """The locations still in this run: not dropped by an earlier step for silence."""
+        return [loc for loc in self.rt.locations if loc.name not in self._dropped]
+
+    def _each(self, step: str, calls: dict[str, Callable[[], T]]) -> dict[str, Pending[T]]:
+        """Run ``step`` on every location at once under ``BACKUP_LOCATION_TIMEOUT``.
+
+        A silent optional location must not hold up the others: it is dropped from this run
+        with "no answer in N s" (the run ends PARTIAL); a silent required one fails the run.
+        """
+        pending = deadline.all_within(self._timeout, calls)
+        for name, one in pending.items():
+            if one.done:
+                continue
+            reason = f"{name}: no answer in {self._timeout:g} s ({step})"
+            if self._required(name):
+                self._silent[name] = LocationUnavailable(
+                    f"{reason}: a required location must answer (BACKUP_LOCATION_TIMEOUT)", name
+                )
+                continue
+            log.warning("%s; dropped from this run", reason)
+            self._dropped[name] = LocationUnavailable(f"{reason}, dropped from this run", name)
+        return pending
+
+    def _raise_if_required_silent(self) -> None:
+        """The run fails with the first required location that stayed silent."""
+        for error in self._silent.values():
+            raise error
 
     def _progress(self, raw: int, stored: int) -> None:
         if self.user_progress is not None:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
@@ -33,6 +34,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from strongroom.core import deadline
 from strongroom.core.storage.base import (
     CheckResult,
     Location,
@@ -85,6 +87,7 @@ _OPTIONS = {
     "max_attempts",
     "connect_timeout",
     "read_timeout",
+    "operation_timeout",
     "addressing_style",
     "part_retries",
     "env_prefix",
@@ -381,6 +384,7 @@ class S3Location(Location):
         max_attempts: int = 8,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        operation_timeout: float = 120.0,
         addressing_style: str = "path",
         part_retries: int = 3,
         env_prefix: str | None = None,
@@ -403,6 +407,11 @@ class S3Location(Location):
         self.max_attempts = max(1, max_attempts)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        if not math.isfinite(operation_timeout) or operation_timeout <= 0:
+            raise ConfigError(
+                f"s3 location '{name}': operation_timeout must be a number of seconds above 0"
+            )
+        self.operation_timeout = operation_timeout
         self.addressing_style = addressing_style
         self.part_retries = max(0, part_retries)
         self.env_prefix = env_prefix or name.upper()
@@ -427,7 +436,7 @@ class S3Location(Location):
             for key in ("part_size", "max_attempts", "part_retries"):
                 if options.get(key) is not None:
                     kwargs[key] = int(options[key])
-            for key in ("connect_timeout", "read_timeout"):
+            for key in ("connect_timeout", "read_timeout", "operation_timeout"):
                 if options.get(key) is not None:
                     kwargs[key] = float(options[key])
         except (TypeError, ValueError):
@@ -548,13 +557,19 @@ class S3Location(Location):
         raise err from exc
 
     def call(self, what: str, op: Callable[[], T], key: str | None = None) -> T:
-        """Run ``op`` with a bounded exponential backoff for what botocore does not retry."""
+        """Run ``op`` with a bounded exponential backoff for what botocore does not retry.
+
+        Every attempt, botocore's and ours, fits in one ``operation_timeout``: connect and read
+        timeouts times attempts would otherwise add up to many minutes on a silent endpoint.
+        """
+        until = time.monotonic() + self.operation_timeout
         delay = 0.5
         for attempt in range(self.part_retries + 1):
             try:
-                return op()
+                return self.within(what, op, until)
             except (BotoCoreError, ClientError, OSError) as exc:
-                if attempt == self.part_retries or not _worth_retrying(exc):
+                late = time.monotonic() + delay > until
+                if attempt == self.part_retries or late or not _worth_retrying(exc):
                     self.fail(exc, what, key)
                 log.warning(
                     "%s: %s failed (%s); retry %d of %d in %.1f s",
@@ -568,6 +583,19 @@ class S3Location(Location):
             time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 20.0)
         raise AssertionError("unreachable")
+
+    def within(self, what: str, op: Callable[[], T], until: float | None = None) -> T:
+        """``op()``, or ``LocationUnavailable`` "no answer in N s" once the deadline passed."""
+        if until is None:
+            until = time.monotonic() + self.operation_timeout
+        try:
+            return deadline.within(max(0.0, until - time.monotonic()), op, f"s3-{self.name}")
+        except deadline.NoAnswer:
+            raise LocationUnavailable(
+                f"{self.name}: no answer from {self._where} in {self.operation_timeout:g} s "
+                f"({what}): raise {self.env_prefix}_OPERATION_TIMEOUT if it is only slow",
+                self.name,
+            ) from None
 
     def get(self, key: str, start: int = 0, etag: str = "") -> Any:
         """Raw ``get_object`` (from byte ``start``, only while the ETag still matches)."""
@@ -584,10 +612,17 @@ class S3Location(Location):
         Uses a small retry budget: this usually runs because the location just failed, and
         waiting out eight backoffs here would only delay the report of that failure.
         """
+        s3 = self.client(max_attempts=min(3, self.max_attempts))
         try:
-            self.client(max_attempts=min(3, self.max_attempts)).abort_multipart_upload(
-                Bucket=self.bucket, Key=full_key, UploadId=upload_id
+            self.within(
+                "abort upload",
+                lambda: s3.abort_multipart_upload(
+                    Bucket=self.bucket, Key=full_key, UploadId=upload_id
+                ),
             )
+        except LocationUnavailable as exc:
+            log.warning("%s: abort of %s failed: %s", self.name, full_key, exc)
+            return False
         except ClientError as exc:
             if _code(exc) == "NoSuchUpload":
                 return False
@@ -597,6 +632,15 @@ class S3Location(Location):
             log.warning("%s: abort of %s failed: %s", self.name, full_key, self.translate(exc, ""))
             return False
         return True
+
+    def _pages(self, what: str, listing: Iterable[Any]) -> Iterator[Any]:
+        """A paginator's pages, each fetched under its own ``operation_timeout``."""
+        pages = iter(listing)
+        while True:
+            page = self.within(what, lambda: next(pages, None))
+            if page is None:
+                return
+            yield page
 
     # -- primitives ------------------------------------------------------------------------
 
@@ -616,7 +660,8 @@ class S3Location(Location):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         pages = self.client().get_paginator("list_objects_v2")
         try:
-            for page in pages.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix)):
+            listing = pages.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix))
+            for page in self._pages("list", listing):
                 for item in page.get("Contents", []):
                     key = self._relative(item["Key"])
                     if key.rsplit("/", 1)[-1].startswith(_PROBE):
@@ -635,15 +680,28 @@ class S3Location(Location):
     def check(self) -> CheckResult:
         """Reachable with these credentials (a list), writable (put + delete a probe)."""
         s3 = self.client(max_attempts=min(2, self.max_attempts))
+        until = time.monotonic() + self.operation_timeout
         try:
-            s3.list_objects_v2(Bucket=self.bucket, Prefix=self.full_key(""), MaxKeys=1)
-        except (BotoCoreError, ClientError, OSError) as exc:
+            self.within(
+                "list",
+                lambda: s3.list_objects_v2(Bucket=self.bucket, Prefix=self.full_key(""), MaxKeys=1),
+                until,
+            )
+        except (BotoCoreError, ClientError, OSError, StrongroomError) as exc:
             return CheckResult(False, False, str(self.translate(exc, "list")))
         probe = self.full_key(f"{_PROBE}{secrets.token_hex(8)}")
         try:
-            s3.put_object(Bucket=self.bucket, Key=probe, Body=b"strongroom write probe")
-            s3.delete_object(Bucket=self.bucket, Key=probe)
-        except (BotoCoreError, ClientError, OSError) as exc:
+            self.within(
+                "write probe",
+                lambda: s3.put_object(
+                    Bucket=self.bucket, Key=probe, Body=b"strongroom write probe"
+                ),
+                until,
+            )
+            self.within(
+                "write probe", lambda: s3.delete_object(Bucket=self.bucket, Key=probe), until
+            )
+        except (BotoCoreError, ClientError, OSError, StrongroomError) as exc:
             return CheckResult(True, False, str(self.translate(exc, "write probe")))
         return CheckResult(True, True, f"{self.name}: {self.describe()} reachable and writable")
 
@@ -653,7 +711,8 @@ class S3Location(Location):
         stale: list[tuple[str, str]] = []
         pages = self.client().get_paginator("list_multipart_uploads")
         try:
-            for page in pages.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix)):
+            listing = pages.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix))
+            for page in self._pages("list incomplete uploads", listing):
                 for upload in page.get("Uploads", []):
                     started = _aware(upload.get("Initiated"))
                     if cutoff is not None and started is not None and started >= cutoff:
@@ -701,6 +760,7 @@ def _cloud_settings(env: str, region: str, endpoint_from: str) -> tuple[Setting,
         Setting(f"{env}_PART_RETRIES", "part_retries", whole(0, 100)),
         Setting(f"{env}_CONNECT_TIMEOUT", "connect_timeout", seconds(high=DAY)),
         Setting(f"{env}_READ_TIMEOUT", "read_timeout", seconds(high=DAY)),
+        Setting(f"{env}_OPERATION_TIMEOUT", "operation_timeout", seconds(high=DAY)),
         Setting(f"{env}_PART_SIZE", "part_size", PART_SIZE),
     )
 
