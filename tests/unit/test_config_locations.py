@@ -153,5 +153,5 @@ def test_each_s3_operation_has_an_overall_deadline() -> None:
     settings = {**CREDENTIALS, "STRONGROOM_LOCATIONS": "b2", "B2_REGION": "us-west-004"}
     assert _built(settings, "b2").operation_timeout == 120.0
     assert _built({**settings, "B2_OPERATION_TIMEOUT": "7.5"}, "b2").operation_timeout == 7.5
-    with pytest.raises(ConfigError, match="^B2_OPERATION_TIMEOUT must be more than 0"):
+    with pytest.raises(ConfigError, match=r"^B2_OPERATION_TIMEOUT must be more than 0"):
         _built({**settings, "B2_OPERATION_TIMEOUT": "0"}, "b2")
