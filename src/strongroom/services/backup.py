@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from strongroom import __version__
 from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core import postgres
-from strongroom.core.crypto import CIPHER_NAME
 from strongroom.core.locking import database_lock, is_locked
 from strongroom.core.manifest import Manifest, database_prefix, object_key_for
 from strongroom.core.pipeline import StreamResult
@@ -25,7 +23,7 @@ from strongroom.core.status import BackupStatus
 from strongroom.errors import Interrupted, LocationUnavailable, LockBusy, StrongroomError
 from strongroom.services.notify import notify_problem
 from strongroom.services.runtime import Runtime
-from strongroom.services.storing import ObjectUpload, Stored, finish_record
+from strongroom.services.storing import ObjectUpload, Stored, finish_record, stream_fields
 
 log = logging.getLogger("strongroom.backup")
 
@@ -93,6 +91,21 @@ def reap_dead_runs(config: Config) -> list[str]:
     return reaped
 
 
+def finish_run(stored: Stored, metadata: dict[str, Any]) -> BackupReport:
+    """Record the run's final status; a required location failing raises with the reason."""
+    finish_record(stored, metadata)
+    if stored.status == BackupStatus.FAILED:
+        raise LocationUnavailable(f"required location failed: {stored.error}")
+    return BackupReport(
+        stored.backup_id,
+        stored.status,
+        stored.error,
+        stored.locations,
+        stored.result.raw_size,
+        stored.result.stored_size,
+    )
+
+
 def failure_reason(exc: BaseException) -> str:
     """What the catalog and the notification say about the exception that ended a run."""
     if isinstance(exc, StrongroomError | Interrupted):
@@ -147,17 +160,7 @@ class _BackupRun:
                 )
 
             stored = upload.stream(start_dump, self._manifest)
-        finish_record(stored, self._metadata(stored))
-        if stored.status == BackupStatus.FAILED:
-            raise LocationUnavailable(f"required location failed: {stored.error}")
-        return BackupReport(
-            self.id,
-            stored.status,
-            stored.error,
-            stored.locations,
-            stored.result.raw_size,
-            stored.result.stored_size,
-        )
+        return finish_run(stored, self._metadata(stored))
 
     def _manifest(self, result: StreamResult, dump_log: str) -> Manifest:
         assert self.counter is not None and self.pre is not None
@@ -172,19 +175,10 @@ class _BackupRun:
             ),
             started_at=self.started,
             finished_at=datetime.now(UTC),
-            raw_size=result.raw_size,
-            compressed_size=result.compressed_size,
-            stored_size=result.stored_size,
-            sha256=result.sha256,
-            codec=self.rt.codec.name,
-            codec_level=self.rt.codec.level,
-            cipher=CIPHER_NAME,
-            key_id=self.rt.keyring.primary_id,
-            object_key=self.key,
             table_rows=counts,
             tenant_id=None,
-            tool_version=__version__,
             extra={"role": self.pre.role},
+            **stream_fields(self.rt, self.key, result),
         )
 
     def _metadata(self, stored: Stored) -> dict[str, Any]:

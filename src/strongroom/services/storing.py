@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
+from strongroom import __version__
 from strongroom.catalog import store
 from strongroom.core import deadline
+from strongroom.core.crypto import CIPHER_NAME
 from strongroom.core.deadline import Pending
 from strongroom.core.manifest import Manifest, manifest_key_for
 from strongroom.core.pipeline import LocationOutcome, StreamResult, settle, stream_to_locations
@@ -107,6 +109,22 @@ def store_everywhere(
     if cleanup_prefix is not None:
         run.cleanup(cleanup_prefix, cleanup_before)
     return run.stream(start_source, build_manifest)
+
+
+def stream_fields(runtime: Runtime, key: str, result: StreamResult) -> dict[str, Any]:
+    """The manifest fields every kind shares: sizes, checksum, codec, cipher, key, object."""
+    return {
+        "raw_size": result.raw_size,
+        "compressed_size": result.compressed_size,
+        "stored_size": result.stored_size,
+        "sha256": result.sha256,
+        "codec": runtime.codec.name,
+        "codec_level": runtime.codec.level,
+        "cipher": CIPHER_NAME,
+        "key_id": runtime.keyring.primary_id,
+        "object_key": key,
+        "tool_version": __version__,
+    }
 
 
 def finish_record(stored: Stored, metadata: dict[str, Any]) -> None:

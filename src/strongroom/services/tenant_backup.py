@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from strongroom import __version__
 from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core import postgres, tenant_format
-from strongroom.core.crypto import CIPHER_NAME
 from strongroom.core.locking import database_lock
 from strongroom.core.manifest import Manifest, database_prefix, object_key_for
 from strongroom.core.pipeline import StreamResult
@@ -33,11 +31,11 @@ from strongroom.core.postgres.tenant_export import (
 )
 from strongroom.core.postgres.tenants import rows_per_tenant, tenant_ids
 from strongroom.core.status import BackupStatus
-from strongroom.errors import LocationUnavailable, LockBusy, PreflightError, StrongroomError
-from strongroom.services.backup import BackupReport, failure_reason
+from strongroom.errors import LockBusy, PreflightError, StrongroomError
+from strongroom.services.backup import BackupReport, failure_reason, finish_run
 from strongroom.services.notify import notify_problem
 from strongroom.services.runtime import Runtime
-from strongroom.services.storing import ObjectUpload, Stored, finish_record
+from strongroom.services.storing import ObjectUpload, Stored, stream_fields
 
 log = logging.getLogger("strongroom.tenant_backup")
 
@@ -160,17 +158,7 @@ class _TenantRun:
         upload.check_required()
         upload.cleanup(database_prefix(self.target.dbname) + "tenant/", self.started)
         stored = upload.stream(self.session.start, self._manifest)
-        finish_record(stored, self._metadata(stored))
-        if stored.status == BackupStatus.FAILED:
-            raise LocationUnavailable(f"required location failed: {stored.error}")
-        return BackupReport(
-            self.id,
-            stored.status,
-            stored.error,
-            stored.locations,
-            stored.result.raw_size,
-            stored.result.stored_size,
-        )
+        return finish_run(stored, self._metadata(stored))
 
     def _manifest(self, result: StreamResult, exported: dict[str, int]) -> Manifest:
         s = self.session
@@ -182,19 +170,10 @@ class _TenantRun:
             pg_dump_version="",
             started_at=self.started,
             finished_at=datetime.now(UTC),
-            raw_size=result.raw_size,
-            compressed_size=result.compressed_size,
-            stored_size=result.stored_size,
-            sha256=result.sha256,
-            codec=self.rt.codec.name,
-            codec_level=self.rt.codec.level,
-            cipher=CIPHER_NAME,
-            key_id=self.rt.keyring.primary_id,
-            object_key=self.key,
             table_rows=exported,
             tenant_id=s.tenant_id,
-            tool_version=__version__,
             extra=self._extra(),
+            **stream_fields(self.rt, self.key, result),
         )
 
     def _extra(self) -> dict[str, Any]:
