@@ -90,6 +90,9 @@ class Backup(models.Model):
     started_at: OptWhen = models.DateTimeField(null=True, blank=True)
     finished_at: OptWhen = models.DateTimeField(null=True, blank=True)
     verified_at: OptWhen = models.DateTimeField(null=True, blank=True)
+    #: The newest restore drill of this backup, and whether it passed.
+    last_drill_at: OptWhen = models.DateTimeField(null=True, blank=True)
+    last_drill_ok: models.BooleanField[bool | None, bool | None] = models.BooleanField(null=True)
     heartbeat_at: OptWhen = models.DateTimeField(null=True, blank=True)
     host: Str = models.CharField(max_length=255, blank=True, default="")
     pid: OptInt = models.IntegerField(null=True, blank=True)
@@ -98,6 +101,7 @@ class Backup(models.Model):
         created_by_id: int | None
         copies: RelatedManager[BackupCopy]
         events: RelatedManager[BackupEvent]
+        drills: RelatedManager[Drill]
 
     class Meta:
         ordering = ("-created_at", "-id")
@@ -181,3 +185,50 @@ class BackupEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.backup_id or '-'} {self.location}".strip()
+
+
+class Drill(models.Model):
+    """One restore drill: a backup restored into a throwaway target, proved, and removed.
+
+    ``rto_seconds`` is the measured recovery time: from the drill's start to a usable database.
+    ``ok`` is ``None`` while the drill runs. Like events, a drill keeps its backup's id after
+    the backup is pruned (no database constraint, no cascade).
+    """
+
+    backup: models.ForeignKey[Backup | None, Backup | None] = models.ForeignKey(
+        Backup,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="drills",
+    )
+    kind: Str = models.CharField(max_length=16, help_text="full, tenant or base.")
+    database: Str = models.CharField(max_length=255)
+    #: The throwaway target: a database name, or a data directory for a base backup.
+    target: Str = models.CharField(max_length=1024, blank=True, default="")
+    started_at: When = models.DateTimeField(default=timezone.now)
+    finished_at: OptWhen = models.DateTimeField(null=True, blank=True)
+    rto_seconds: OptFloat = models.FloatField(null=True, blank=True)
+    ok: models.BooleanField[bool | None, bool | None] = models.BooleanField(null=True)
+    #: ``[{"table": ..., "expected": n, "found": m}, ...]`` where the rows disagreed.
+    mismatches: models.JSONField[list[Any], list[Any]] = models.JSONField(default=list, blank=True)
+    error: Text = models.TextField(blank=True, default="")
+    host: Str = models.CharField(max_length=255, blank=True, default="")
+    pid: OptInt = models.IntegerField(null=True, blank=True)
+    data: Json = models.JSONField(default=dict, blank=True)
+
+    if TYPE_CHECKING:
+        backup_id: str | None
+
+    class Meta:
+        ordering = ("-started_at", "-id")
+        indexes = (
+            models.Index(
+                fields=("database", "kind", "started_at"), name="strongroom_drill_db_kind"
+            ),
+        )
+
+    def __str__(self) -> str:
+        state = "running" if self.ok is None else ("ok" if self.ok else "FAILED")
+        return f"drill of {self.backup_id or '-'} ({state})"

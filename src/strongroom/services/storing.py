@@ -207,8 +207,14 @@ class ObjectUpload:
 
     def stream(self, start_source: Callable[[], Source], build: ManifestBuilder) -> Stored:
         writers, failed = self._open_writers()
-        source = start_source()
         required = frozenset(loc.name for loc in self.rt.locations if loc.required)
+        unfinished = {n: LocationOutcome(n) for n in writers}
+        try:
+            source = start_source()
+        except BaseException as exc:  # pg_dump could not start: no upload may stay open
+            settle(writers, unfinished, commit=False)
+            self._abandon({**unfinished, **failed}, exc)
+            raise
         try:
             result = stream_to_locations(
                 source,
@@ -227,8 +233,8 @@ class ObjectUpload:
             source_result = source.finish()
         except BaseException as exc:
             source.kill()
-            settle(writers, {n: LocationOutcome(n) for n in writers}, commit=False)
-            self._abandon({**{n: LocationOutcome(n) for n in writers}, **failed}, exc)
+            settle(writers, unfinished, commit=False)
+            self._abandon({**unfinished, **failed}, exc)
             raise
         try:
             settle(writers, result.outcomes, commit=True)
