@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from clisupport import CLI, Cli, clean_environ, command, require_cli
 from psycopg import sql
 
 from strongroom.core.crypto import generate_key, key_id_of, parse_key
@@ -41,7 +42,6 @@ from strongroom.sandbox.pgcluster import PgCluster
 
 pytestmark = pytest.mark.integration
 
-CLI = Path(sys.executable).with_name("strongroom")
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 EXAMPLE = ROOT / "example"
@@ -59,10 +59,6 @@ SHOP_TABLES = (
     "public.sales",
     "public.tenants",
 )
-#: Variables of the developer's shell that would change what the command does.
-_FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
-
-Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -89,12 +85,11 @@ def shop_digests(shop: DemoDatabase) -> dict[str, tuple[int, str]]:
 @pytest.fixture
 def env(tmp_path: Path, shop: DemoDatabase) -> dict[str, str]:
     """The command's whole configuration: the shop as superuser, local disk only, a new key."""
-    if not CLI.is_file():
-        pytest.fail(f"{CLI} is missing: install the package (pip install -e .)", pytrace=False)
+    require_cli()
     (tmp_path / "local").mkdir()
     (tmp_path / "home").mkdir()
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)},
+        **clean_environ(),
         "HOME": str(tmp_path / "home"),
         "DATABASE_URL": shop.admin_url,
         "BACKUP_ENCRYPTION_KEY": generate_key(),
@@ -113,19 +108,7 @@ def _scratch(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cli(env: dict[str, str]) -> Cli:
-    """``cli(*args, **overrides)``: run the command with ``env`` plus ``overrides``."""
-
-    def run(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(CLI), *args],
-            env={**env, **overrides},
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-
-    return run
+    return command(env, timeout=180)
 
 
 @pytest.fixture
@@ -724,7 +707,7 @@ def test_manage_py_strongroom_backs_up_and_lists_with_the_catalog_in_the_project
     pg_cluster.create_database(project, owner="shop_app")
     (tmp_path / "local").mkdir()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)},
+        **clean_environ(),
         "PYTHONPATH": os.pathsep.join([str(EXAMPLE), str(SRC)]),
         "DATABASE_URL": url_as(shop.app_url, dbname=project),  # the application's database
         "STRONGROOM_DATABASE_URL": shop.admin_url,  # what gets backed up, as a BYPASSRLS role

@@ -9,18 +9,17 @@ exactly one stderr line naming the file, nothing is stored, and a rebuild brings
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import sqlite3
 import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from clisupport import CLI, Cli, clean_environ
 
 from strongroom.core.crypto import generate_key
 from strongroom.sandbox.demo_data import create_demo_database
@@ -28,8 +27,6 @@ from strongroom.sandbox.pgcluster import PgCluster
 
 pytestmark = pytest.mark.integration
 
-CLI = Path(sys.executable).with_name("strongroom")
-_FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
 TINY = {"tenants": 1, "customers_per_tenant": 3, "items_per_tenant": 3, "sales_per_tenant": 3}
 CATALOG_EXIT = 12
 CHECK_FAILED = 8
@@ -45,9 +42,6 @@ class Stock:
     backup_ids: frozenset[str]
 
 
-Cli = Callable[..., subprocess.CompletedProcess[str]]
-
-
 @pytest.fixture(scope="module")
 def stock(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stock]:
     root = tmp_path_factory.mktemp("catalog-faults")
@@ -57,7 +51,7 @@ def stock(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> It
     (root / "home").mkdir()
     catalog = root / "made.sqlite3"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)},
+        **clean_environ(),
         "HOME": str(root / "home"),
         "DATABASE_URL": shop.admin_url,
         "BACKUP_ENCRYPTION_KEY": generate_key(),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clisupport import CLI, clean_environ
 
 from strongroom.core.crypto import generate_key
 from strongroom.sandbox.demo_data import DemoDatabase
@@ -23,8 +24,6 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "example"
-CLI = Path(sys.executable).with_name("strongroom")
-_FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
 
 #: What the project resolves, printed as JSON by a process that set Django up.
 _PROBE = """
@@ -52,7 +51,7 @@ print(json.dumps({
 
 
 def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+    return clean_environ()
 
 
 def _private(path: Path, text: str) -> Path:

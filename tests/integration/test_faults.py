@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from clisupport import CLI, Cli, SilentServer, clean_environ, command, require_cli
 
 from strongroom.catalog import bootstrap
 from strongroom.core import crypto
@@ -32,13 +30,8 @@ from strongroom.sandbox.seaweed import SeaweedServer
 
 pytestmark = pytest.mark.integration
 
-CLI = Path(sys.executable).with_name("strongroom")
-#: Variables of the developer's shell that would change what the command does.
-_FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
 #: Small retry budgets so a dead server is reported in seconds, not minutes.
 FAST = {"MAX_ATTEMPTS": "2", "CONNECT_TIMEOUT": "1", "READ_TIMEOUT": "5"}
-
-Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -72,28 +65,15 @@ def settings(
 
 @pytest.fixture
 def env(tmp_path: Path, settings: dict[str, str]) -> dict[str, str]:
-    if not CLI.is_file():
-        pytest.fail(f"{CLI} is missing: install the package (pip install -e .)", pytrace=False)
+    require_cli()
     (tmp_path / "home").mkdir(exist_ok=True)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+    base = clean_environ()
     return {**base, "HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path), **settings}
 
 
 @pytest.fixture
 def cli(env: dict[str, str]) -> Cli:
-    """``cli(*args, **overrides)``: the command, configured only through its environment."""
-
-    def run(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(CLI), *args],
-            env={**env, **overrides},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-
-    return run
+    return command(env, timeout=120)
 
 
 @pytest.fixture
@@ -171,40 +151,6 @@ def processes_naming(text: str) -> list[str]:
         if state != "Z" and program in CHILDREN and text.encode() in raw:
             found.append(raw.replace(b"\0", b" ").decode(errors="replace"))
     return found
-
-
-class SilentServer:
-    """A TCP server that accepts every connection and never says a word (a dead cloud)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.held.append(conn)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(timeout=2)
-        for conn in self.held:
-            conn.close()
-        self.sock.close()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,6 +24,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from clisupport import CLI, Cli, clean_environ, command, require_cli
 
 from strongroom.catalog import bootstrap
 from strongroom.config import load_config
@@ -39,16 +39,12 @@ from strongroom.sandbox.seaweed import SeaweedServer
 
 pytestmark = pytest.mark.integration
 
-CLI = Path(sys.executable).with_name("strongroom")
 R2_BUCKET, B2_BUCKET = "r2-backups", "b2-backups"
 LOCATIONS = ("local", "r2", "b2")
 #: Small retry budgets so a dead server is reported in seconds, not minutes.
 FAST = {"MAX_ATTEMPTS": "2", "CONNECT_TIMEOUT": "1", "READ_TIMEOUT": "20"}
-#: Variables of the developer's shell that would change what the command does.
-_FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
 
 SeaweedFactory = Callable[..., SeaweedServer]
-Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -86,23 +82,12 @@ def settings(
 @pytest.fixture
 def cli(tmp_path: Path, settings: dict[str, str]) -> Cli:
     """``cli(*args, **overrides)``: the command, configured only through its environment."""
-    if not CLI.is_file():
-        pytest.fail(f"{CLI} is missing: install the package (pip install -e .)", pytrace=False)
+    require_cli()
     (tmp_path / "home").mkdir(exist_ok=True)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+    base = clean_environ()
     base["HOME"] = str(tmp_path / "home")
 
-    def run(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(CLI), *args],
-            env={**base, **settings, **overrides},
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-        )
-
-    return run
+    return command({**base, **settings}, timeout=240)
 
 
 @pytest.fixture
@@ -437,7 +422,7 @@ def test_a_server_killed_mid_upload_gives_partial_and_its_parts_are_aborted_when
     b2 = seaweed_factory(buckets=(B2_BUCKET,))
     settings.update(_cloud(b2, "b2", B2_BUCKET, prefix))
     settings["B2_PART_SIZE"] = str(5 * MiB)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+    env = clean_environ()
     env.update(settings, HOME=str(tmp_path))
     code, baseline_rss, stdout, stderr = _run_measured(
         [str(CLI), "backup", "--json"], env, tmp_path
@@ -579,7 +564,7 @@ def test_the_local_disk_failing_midway_stops_the_run_and_aborts_the_cloud_upload
     the end), the run is FAILED with the local error, and no copy anywhere looks complete (a
     file-size limit makes the local write fail, even for root)."""
     _add_ballast(demo_db.admin_url, 32)  # > 6 parts of 5 MiB in each bucket if read through
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+    env = clean_environ()
     env.update(
         settings,
         HOME=str(tmp_path),

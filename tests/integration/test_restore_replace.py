@@ -11,15 +11,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from clisupport import CLI, Cli, clean_environ, command, require_cli
 from psycopg import sql
 
 from strongroom.core.crypto import generate_key
@@ -28,14 +27,10 @@ from strongroom.sandbox.pgcluster import PgCluster
 
 pytestmark = pytest.mark.integration
 
-CLI = Path(sys.executable).with_name("strongroom")
 SIZES = {"tenants": 2, "customers_per_tenant": 10, "items_per_tenant": 10, "sales_per_tenant": 10}
-_FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
 #: A non-superuser that may create databases: it can restore and replace, not everything.
 RESTORER = "sr_restorer"
 OWNER, READER = "sr_target_owner", "sr_target_reader"
-
-Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -53,13 +48,12 @@ def shop(pg_cluster: PgCluster, app_password: str) -> Iterator[DemoDatabase]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, shop: DemoDatabase) -> dict[str, str]:
     """Local disk only, a new key, a SQLite catalog: one store for the module's backups."""
-    if not CLI.is_file():
-        pytest.fail(f"{CLI} is missing: install the package (pip install -e .)", pytrace=False)
+    require_cli()
     root = tmp_path_factory.mktemp("replace")
     for sub in ("local", "home", "scratch"):
         (root / sub).mkdir()
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)},
+        **clean_environ(),
         "HOME": str(root / "home"),
         "DATABASE_URL": shop.admin_url,
         "BACKUP_ENCRYPTION_KEY": generate_key(),
@@ -72,17 +66,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, shop: DemoDatabase) -> dict[st
 
 @pytest.fixture(scope="module")
 def cli(env: dict[str, str]) -> Cli:
-    def run(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(CLI), *args],
-            env={**env, **overrides},
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-
-    return run
+    return command(env, timeout=180)
 
 
 @pytest.fixture(scope="module")

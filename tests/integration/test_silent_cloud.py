@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from clisupport import Cli, SilentServer, clean_environ, command, require_cli
 
 from strongroom.catalog import bootstrap
 from strongroom.core import crypto
@@ -29,48 +28,10 @@ from strongroom.sandbox.seaweed import SeaweedServer
 
 pytestmark = pytest.mark.integration
 
-CLI = Path(sys.executable).with_name("strongroom")
-_FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
 #: The deadlines under test, short so the tests are quick.
 SILENCE = "3"
 #: Far below the minutes a silent endpoint used to cost, far above what the deadlines allow.
 BOUND = 60
-
-Cli = Callable[..., subprocess.CompletedProcess[str]]
-
-
-class SilentServer:
-    """A TCP server that accepts every connection and never says a word (a dead cloud)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.held.append(conn)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(timeout=2)
-        for conn in self.held:
-            conn.close()
-        self.sock.close()
 
 
 class StallingProxy:
@@ -149,13 +110,12 @@ def env(
     tmp_path: Path, seaweed: SeaweedServer, demo_db: DemoDatabase, prefix: str
 ) -> dict[str, str]:
     """Local (required) and R2 on SeaweedFS, B2 optional (its endpoint set by each test)."""
-    if not CLI.is_file():
-        pytest.fail(f"{CLI} is missing: install the package (pip install -e .)", pytrace=False)
+    require_cli()
     (tmp_path / "local").mkdir()
     (tmp_path / "home").mkdir()
     catalog = f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
     bootstrap.ensure_django(catalog)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+    base = clean_environ()
     return {
         **base,
         "HOME": str(tmp_path / "home"),
@@ -178,19 +138,7 @@ def env(
 def cli(env: dict[str, str]) -> Cli:
     """``cli(*args, timeout=..., **overrides)``: the command, killed (and failed) on a hang."""
 
-    def run(
-        *args: str, timeout: float = BOUND, **overrides: str
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(CLI), *args],
-            env={**env, **overrides},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    return run
+    return command(env, timeout=BOUND)
 
 
 # -- helpers -----------------------------------------------------------------------------------
