@@ -832,6 +832,13 @@ def newest_event(kind: str) -> BackupEvent | None:
     return Event.objects.filter(kind=kind).order_by("-created_at", "-id").first()
 
 
+def release_connections() -> None:
+    """Close this thread's catalog connections (a worker thread's, before it ends)."""
+    from django.db import connections
+
+    connections.close_all()
+
+
 def start_drill(
     *,
     backup_id: str,
