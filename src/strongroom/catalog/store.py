@@ -832,6 +832,10 @@ def newest_event(kind: str) -> BackupEvent | None:
     return Event.objects.filter(kind=kind).order_by("-created_at", "-id").first()
 
 
+def get_drill(drill_id: int) -> Drill:
+    return _drill_model().objects.get(pk=drill_id)
+
+
 def release_connections() -> None:
     """Close this thread's catalog connections (a worker thread's, before it ends)."""
     from django.db import connections
