@@ -35,7 +35,10 @@ def metrics(request: HttpRequest) -> HttpResponse:
         return HttpResponse(f"strongroom: {exc}\n", status=503, content_type="text/plain")
     if not (_is_staff(request) or _token_matches(request, config)):
         return _refused(request)
-    registry = metrics_service.collect(config, probe=request.GET.get("probe") != "0")
+    try:
+        registry = metrics_service.collect(config, probe=request.GET.get("probe") != "0")
+    except StrongroomError as exc:  # the catalog cannot be read: say so, to this caller only
+        return HttpResponse(f"strongroom: {exc}\n", status=503, content_type="text/plain")
     return HttpResponse(
         metrics_service.exposition(registry), content_type=metrics_service.CONTENT_TYPE_LATEST
     )

@@ -285,3 +285,22 @@ def test_without_a_token_setting_no_bearer_is_accepted(history: dict[str, Any]) 
         refused = Client().get("/strongroom/metrics", HTTP_AUTHORIZATION="Bearer ")
         assert refused.status_code == 403
         assert Client().get("/strongroom/metrics").status_code == 401
+
+
+def test_bad_settings_are_one_line_for_staff_and_nothing_for_anyone_else(
+    admin_client: Any,
+) -> None:
+    from django.test import Client
+    from django.test.utils import override_settings
+
+    with override_settings(BACKUP_CHECK_TIMEOUT="soon"):
+        assert Client().get("/strongroom/metrics").status_code == 401
+        refused = Client().get("/strongroom/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+        assert refused.status_code == 403  # no token can be checked against broken settings
+        broken = admin_client.get("/strongroom/metrics")
+        assert broken.status_code == 503
+        assert "BACKUP_CHECK_TIMEOUT" in broken.content.decode()
+        page = admin_client.get("/admin/strongroom/dashboard/")
+        assert page.status_code == 200
+        assert "strongroom is not configured" in page.content.decode()
+        assert "BACKUP_CHECK_TIMEOUT" in page.context_data["problem"]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core.deadline import Pending
+from strongroom.errors import StrongroomError
 from strongroom.services import health
 from strongroom.services.overview import Archiver, Overview, gather, missing_wal
 
@@ -85,10 +86,13 @@ def build(config: Config, *, database: str | None = None) -> Board:
         wal_verify=facts.wal_verify,
         missing_wal=missing_wal(facts.wal_verify),
     )
-    if check.wait(started + seconds):
-        board.check = check.result(seconds)
-    else:
+    if not check.wait(started + seconds):
         board.check_problem = f"check did not finish in {seconds:g} s"
+    else:
+        try:
+            board.check = check.result(seconds)
+        except StrongroomError as exc:
+            board.check_problem = f"check could not run: {exc}"
     probes = {p.name.removeprefix("location "): p for p in board.locations}
     configured = [spec.name for spec in config.locations]
     for section in board.databases:

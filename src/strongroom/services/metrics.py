@@ -118,8 +118,9 @@ def _when(backup: Backup) -> datetime:
     return backup.finished_at or backup.created_at
 
 
-def _kind(backup: Backup) -> str:
-    return store.TYPE_TO_KIND.get(backup.backup_type, backup.backup_type.lower())
+def _kind(backup_type: str) -> str:
+    """``full``, ``tenant``, ``base`` or ``wal``: the label drills and commands use too."""
+    return store.TYPE_TO_KIND.get(backup_type, backup_type.lower())
 
 
 def _backup_families(facts: Overview) -> Iterator[Metric]:
@@ -135,7 +136,7 @@ def _backup_families(facts: Overview) -> Iterator[Metric]:
         "Stored (encrypted) size of the newest restorable backup",
     )
     for b in facts.newest_good:
-        labels = [b.database, _kind(b)]
+        labels = [b.database, _kind(b.backup_type)]
         success.add_metric(labels, _when(b).timestamp())
         if b.backup_duration_seconds is not None:
             duration.add_metric(labels, b.backup_duration_seconds)
@@ -149,7 +150,7 @@ def _backup_families(facts: Overview) -> Iterator[Metric]:
         "1 if the newest finished backup run is restorable, 0 if it FAILED or was SKIPPED",
     )
     for b in facts.newest_runs:
-        labels = [b.database, _kind(b)]
+        labels = [b.database, _kind(b.backup_type)]
         run_at.add_metric(labels, _when(b).timestamp())
         run_ok.add_metric(labels, 1.0 if b.status in RESTORABLE else 0.0)
     yield from (success, duration, size, run_at, run_ok)
@@ -162,8 +163,7 @@ def _copies(facts: Overview) -> GaugeMetricFamily:
         labels=[*BY_KIND, "location", "status"],
     )
     for database, backup_type, location, status, count in facts.copies:
-        kind = store.TYPE_TO_KIND.get(backup_type, backup_type.lower())
-        family.add_metric([database, kind, location, status], float(count))
+        family.add_metric([database, _kind(backup_type), location, status], float(count))
     return family
 
 
