@@ -208,13 +208,15 @@ def test_nothing_in_the_admin_deletes_a_backup_copy_event_or_drill(
     admin_client: Any, history: dict[str, Any]
 ) -> None:
     from strongroom.catalog import store
-    from strongroom.models import Backup, BackupCopy, Drill
+    from strongroom.models import Backup, BackupCopy, BackupEvent, Drill
 
     backup, drill = history["backup"], history["drill"]
     copy = store.get_copy(backup.id, "r2")
+    event = store.record_event(backup.id, "verified", message="read back intact")
     for url in (
         f"/admin/strongroom/backup/{backup.id}/delete/",
         f"/admin/strongroom/backupcopy/{copy.pk}/delete/",
+        f"/admin/strongroom/backupevent/{event.pk}/delete/",
         f"/admin/strongroom/drill/{drill.pk}/delete/",
     ):
         assert admin_client.post(url, {"post": "yes"}).status_code == 403, url
@@ -232,6 +234,7 @@ def test_nothing_in_the_admin_deletes_a_backup_copy_event_or_drill(
     assert Backup.objects.get(id=backup.id).status == "COMPLETED"
     assert BackupCopy.objects.filter(backup_id=backup.id).count() == 2
     assert Drill.objects.filter(pk=drill.pk).exists()
+    assert BackupEvent.objects.filter(pk=event.pk).exists()
     assert admin_client.get("/admin/strongroom/backup/add/").status_code == 403
 
 
