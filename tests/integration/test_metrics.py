@@ -290,3 +290,46 @@ def test_the_command_prints_the_metrics_and_refuses_a_missing_directory(
         "create it"
     ]
     assert not missing.parent.exists()
+
+
+def test_the_wal_archive_age_is_the_servers_own_and_absent_when_it_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    """A second, small server that archives (to ``/bin/true``): its pg_stat_archiver, read."""
+    import psycopg
+
+    catalog = f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
+    bootstrap.ensure_django(catalog)
+    (tmp_path / "local").mkdir()
+    base = {
+        "STRONGROOM_LOCATIONS": "local",
+        "BACKUP_LOCAL_PATH": str(tmp_path / "local"),
+        "STRONGROOM_CATALOG_URL": catalog,
+        "BACKUP_CHECK_TIMEOUT": "2",
+    }
+    archiving = {"archive_mode": "on", "archive_command": "/bin/true"}
+    with PgCluster(settings=archiving) as server:
+        with psycopg.connect(server.url(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n")
+            conn.execute("SELECT pg_switch_wal()")
+            deadline = time.monotonic() + 20
+            row = None
+            while time.monotonic() < deadline:
+                row = conn.execute(
+                    "SELECT last_archived_time, archived_count FROM pg_stat_archiver"
+                ).fetchone()
+                if row and row[0] is not None:
+                    break
+                time.sleep(0.1)
+        assert row and row[0] is not None, "the server archived nothing in 20 s"
+        m = scrape(load_config({**base, "DATABASE_URL": server.url()}), probe=False)
+        db = {"database": "postgres"}
+        archived = value(m, "strongroom_wal_last_archived_timestamp_seconds", **db)
+        assert archived is not None and archived >= row[0].timestamp()
+        assert value(m, "strongroom_wal_archived_segments_total", **db) >= row[1] >= 1
+        assert value(m, "strongroom_wal_archive_failures_total", **db) == 0
+
+    started = time.monotonic()
+    gone = scrape(load_config({**base, "DATABASE_URL": server.url()}), probe=False)
+    assert time.monotonic() - started < 5  # bounded by BACKUP_CHECK_TIMEOUT
+    assert not [name for name in gone if name.startswith("strongroom_wal_")]
