@@ -48,7 +48,7 @@ def base_env(work: Path) -> dict[str, str]:
 
 
 def exercise(cli: Path, work: Path, cluster: PgCluster) -> None:
-    """keygen, check, backup, verify, restore; the restored tables must equal the source's."""
+    """keygen, check, backup, metrics, verify, restore; the restored tables equal the source's."""
     env = base_env(work)
     key = run(cli, work, env, "keygen").strip()
     if len(key) < 40:
@@ -66,6 +66,13 @@ def exercise(cli: Path, work: Path, cluster: PgCluster) -> None:
     if backup.get("status") != "COMPLETED":
         raise CheckFailed(f"backup status {backup.get('status')}: {backup.get('error')}")
     run(cli, work, env, "check")
+    textfile = work / "strongroom.prom"
+    run(cli, work, env, "metrics", "--textfile", str(textfile))
+    if f'database="{shop.name}"' not in textfile.read_text():
+        raise CheckFailed("strongroom metrics --textfile wrote no metric of the backed-up database")
+    venv = cli.parent.parent  # package data, not code: the admin's dashboard template
+    if not list(venv.glob("lib/python*/site-packages/strongroom/templates/admin/*/dashboard.html")):
+        raise CheckFailed("the wheel does not install the admin dashboard's template")
     run(cli, work, env, "verify", "--latest", "--no-progress")
     target = cluster.url("wheel_restored")
     run(cli, work, env, "restore", "--latest", "--target", target, "--no-progress")

@@ -44,6 +44,7 @@ GENERAL_SETTINGS = (
     "STRONGROOM_CATALOG_URL",
     "STRONGROOM_LOCATIONS",
     "STRONGROOM_REQUIRED_LOCATIONS",
+    "STRONGROOM_METRICS_TOKEN",
     # the tenant model of tenant backups (strongroom.core.postgres.tenants)
     "STRONGROOM_TENANT_TABLE",
     "STRONGROOM_TENANT_COLUMN",
@@ -69,7 +70,11 @@ GENERAL_SETTINGS = (
     "CELERY_BROKER_URL",
 )
 #: General names whose values are secret (the backends mark their own).
-GENERAL_SECRETS = ("BACKUP_ENCRYPTION_KEY", "BACKUP_ENCRYPTION_OLD_KEYS")
+GENERAL_SECRETS = (
+    "BACKUP_ENCRYPTION_KEY",
+    "BACKUP_ENCRYPTION_OLD_KEYS",
+    "STRONGROOM_METRICS_TOKEN",
+)
 #: The variable naming a config file when ``--config`` is not given.
 CONFIG_FILE_VAR = "STRONGROOM_CONFIG"
 
@@ -201,6 +206,8 @@ class Config:
     tenant_setting: str = "app.current_tenant"
     #: The role tenant exports read as; ``None``: each table's owner (``SET ROLE``).
     tenant_role: str | None = None
+    #: The bearer token that lets a scraper read ``strongroom.views.metrics`` (None: staff only).
+    metrics_token: str | None = field(default=None, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict)
     tasks: TaskSettings = field(default_factory=TaskSettings)
 
@@ -294,6 +301,7 @@ def load_config(source: Mapping[str, Any]) -> Config:
         tenant_column=str(_get(source, "STRONGROOM_TENANT_COLUMN") or "tenant_id"),
         tenant_setting=str(_get(source, "STRONGROOM_TENANT_SETTING") or "app.current_tenant"),
         tenant_role=_get(source, "STRONGROOM_TENANT_ROLE") or None,
+        metrics_token=_get(source, "STRONGROOM_METRICS_TOKEN") or None,
         tasks=load_task_settings(source),
     )
 

@@ -232,3 +232,16 @@ class Drill(models.Model):
     def __str__(self) -> str:
         state = "running" if self.ok is None else ("ok" if self.ok else "FAILED")
         return f"drill of {self.backup_id or '-'} ({state})"
+
+
+class Dashboard(Backup):
+    """No table of its own: the admin's entry for the operator's dashboard (see ``admin.py``).
+
+    A proxy of :class:`Backup`, so the admin index links to the dashboard beside the lists and
+    the dashboard is shown to whoever may view backups.
+    """
+
+    class Meta:
+        proxy = True
+        verbose_name = "dashboard"
+        verbose_name_plural = "dashboard"

@@ -39,7 +39,7 @@ from strongroom.errors import BackupNotFound
 
 if TYPE_CHECKING:
     from strongroom.core.manifest import Manifest
-    from strongroom.models import Backup, BackupCopy, BackupEvent
+    from strongroom.models import Backup, BackupCopy, BackupEvent, Drill
 
 #: The seed's per-location path fields, kept filled for code written against the seed.
 SEED_PATH_FIELDS = {"local": "local_path", "r2": "r2_path", "b2": "b2_path"}
@@ -753,3 +753,138 @@ def copy_to_dict(copy: BackupCopy) -> dict[str, Any]:
         "verified_at": _iso(copy.verified_at),
         "updated_at": _iso(copy.updated_at),
     }
+
+
+# -- overview: metrics and the admin dashboard -------------------------------------------------
+#: Backup types by the short kind the commands, drills and metric labels use.
+TYPE_TO_KIND = {backup_type: kind for kind, backup_type in KIND_TO_TYPE.items()}
+
+
+def _drill_model() -> type[Drill]:
+    _orm()  # sets the catalog up on first use
+    from strongroom.models import Drill
+
+    return Drill
+
+
+def newest_backups(*, restorable: bool, database: str | None = None) -> list[Backup]:
+    """The newest finished backup of each database and type (restorable ones only, if asked).
+
+    One ``DISTINCT`` query, then one per (database, type) pair answered by the catalog's index:
+    cheap enough for a metrics scrape every minute (the catalog has a row per backup, not per
+    WAL segment).
+    """
+    Backup, _, _ = _orm()
+    rows = Backup.objects.exclude(status__in=RUNNING)
+    if database:
+        rows = rows.filter(database=database)
+    if restorable:
+        rows = rows.filter(status__in=RESTORABLE)
+    pairs = sorted(rows.order_by().values_list("database", "backup_type").distinct())
+    found = (
+        rows.filter(database=db, backup_type=kind).order_by("-created_at", "-id").first()
+        for db, kind in pairs
+    )
+    return [b for b in found if b is not None]
+
+
+def copy_counts(database: str | None = None) -> list[tuple[str, str, str, str, int]]:
+    """(database, backup type, location, copy status, copies), pruned copies left out."""
+    from django.db.models import Count
+
+    _, Copy, _ = _orm()
+    rows = Copy.objects.exclude(status=CopyStatus.DELETED)
+    if database:
+        rows = rows.filter(backup__database=database)
+    grouped = (
+        rows.order_by()
+        .values_list("backup__database", "backup__backup_type", "location", "status")
+        .annotate(n=Count("id"))
+    )
+    return sorted((db, kind, loc, status, n) for db, kind, loc, status, n in grouped)
+
+
+def catalog_databases() -> list[str]:
+    """Every database the catalog holds a backup or a drill of, by name."""
+    Backup, _, _ = _orm()
+    names = set(Backup.objects.order_by().values_list("database", flat=True).distinct())
+    names |= set(_drill_model().objects.order_by().values_list("database", flat=True).distinct())
+    return sorted(names)
+
+
+def newest_drill_of_each(*, passed: bool | None = None, database: str | None = None) -> list[Drill]:
+    """The newest finished drill of each database and kind (passed or failed ones, if asked)."""
+    rows = _drill_model().objects.filter(ok__isnull=False)
+    if database:
+        rows = rows.filter(database=database)
+    if passed is not None:
+        rows = rows.filter(ok=passed)
+    pairs = sorted(rows.order_by().values_list("database", "kind").distinct())
+    found = (
+        rows.filter(database=db, kind=kind).order_by("-started_at", "-id").first()
+        for db, kind in pairs
+    )
+    return [d for d in found if d is not None]
+
+
+def newest_event(kind: str) -> BackupEvent | None:
+    """The newest event of ``kind`` (``wal_verify``: the newest archive check), or None."""
+    _, _, Event = _orm()
+    return Event.objects.filter(kind=kind).order_by("-created_at", "-id").first()
+
+
+def get_drill(drill_id: int) -> Drill:
+    return _drill_model().objects.get(pk=drill_id)
+
+
+def release_connections() -> None:
+    """Close this thread's catalog connections (a worker thread's, before it ends)."""
+    from django.db import connections
+
+    connections.close_all()
+
+
+def start_drill(
+    *,
+    backup_id: str,
+    kind: str,
+    database: str,
+    target: str,
+    data: Mapping[str, Any] | None = None,
+) -> Drill:
+    """Record a drill as running (``ok`` None), owned by this host and process."""
+    return _drill_model().objects.create(
+        backup_id=backup_id,
+        kind=kind,
+        database=database,
+        target=target,
+        started_at=_now(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        data=dict(data or {}),
+    )
+
+
+def finish_drill(
+    drill_id: int,
+    *,
+    ok: bool,
+    rto_seconds: float | None = None,
+    mismatches: list[dict[str, Any]] | None = None,
+    error: str = "",
+    data: Mapping[str, Any] | None = None,
+) -> Drill:
+    """A drill's verdict; its backup is marked (``last_drill_at``, ``last_drill_ok``)."""
+    Backup, _, _ = _orm()
+    with transaction.atomic():
+        drill = _drill_model().objects.select_for_update().get(pk=drill_id)
+        drill.finished_at, drill.ok, drill.error = _now(), ok, error
+        drill.rto_seconds = rto_seconds
+        drill.mismatches = list(mismatches or [])
+        drill.data = {**(drill.data or {}), **dict(data or {})}
+        drill.save()
+        if drill.backup_id:
+            Backup.objects.filter(id=drill.backup_id).update(
+                last_drill_at=drill.finished_at, last_drill_ok=ok
+            )
+    return drill

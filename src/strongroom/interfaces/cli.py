@@ -85,6 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="check configuration, database and every location")
     _json(c)
 
+    m = sub.add_parser("metrics", help="print Prometheus metrics, or write them for node_exporter")
+    m.add_argument(
+        "--textfile",
+        metavar="PATH",
+        help="replace PATH atomically (node_exporter's textfile collector reads *.prom files)",
+    )
+    m.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="leave out strongroom_location_up (no location is contacted)",
+    )
+
     sr = sub.add_parser("setup-role", help="create a least-privilege backup role with BYPASSRLS")
     sr.add_argument("name", help="role name, e.g. strongroom_backup")
     sr.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
@@ -252,6 +264,7 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
         "verify": commands.verify,
         "restore": commands.restore,
         "check": commands.check,
+        "metrics": commands.metrics,
         "setup-role": commands.setup_role,
         "prune": commands.prune,
         "heal": commands.heal,

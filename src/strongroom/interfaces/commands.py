@@ -12,6 +12,7 @@ from strongroom.errors import ConfigError, ExitCode
 from strongroom.interfaces import render
 from strongroom.services import backup as backup_service
 from strongroom.services import health
+from strongroom.services import metrics as metrics_service
 from strongroom.services import restore as restore_service
 from strongroom.services import verify as verify_service
 
@@ -165,6 +166,15 @@ def check(args: argparse.Namespace, config: Config) -> int:
             mark = "ok  " if p.ok else ("FAIL" if p.required else "warn")
             render.out.print(f"{mark} {p.name:<16} {p.detail}", soft_wrap=True)
     return ExitCode.OK if report.ok else ExitCode.CHECK_FAILED
+
+
+def metrics(args: argparse.Namespace, config: Config) -> int:
+    registry = metrics_service.collect(config, probe=not args.no_probe)
+    if args.textfile:
+        metrics_service.write_textfile(args.textfile, registry)
+    else:
+        render.plain(metrics_service.exposition(registry).decode())
+    return ExitCode.OK
 
 
 def setup_role(args: argparse.Namespace, config: Config) -> int:

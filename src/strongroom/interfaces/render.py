@@ -41,6 +41,12 @@ def emit_json(document: Any) -> None:
     sys.stdout.write("\n")
 
 
+def plain(text: str) -> None:
+    """Text that is already a format of its own (Prometheus exposition): written as it is."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 def prune_summary(
     *, dry_run: bool, deleted: int, failed: int, finished: int, unfinished: int, kept: int
 ) -> str:

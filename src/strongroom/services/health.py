@@ -16,6 +16,7 @@ nothing else.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -58,6 +59,16 @@ def run_checks(config: Config, *, now: datetime | None = None) -> HealthReport:
     report.probes.extend(locations.probes())
     report.probes.extend(catalog)
     return report
+
+
+def probe_locations(config: Config) -> Callable[[], dict[str, Probe]]:
+    """Start every location's probe now; the call returned collects them by location name.
+
+    For metrics and the admin dashboard: the probes run while the caller reads the catalog,
+    and collecting waits no longer than ``BACKUP_CHECK_TIMEOUT`` in all, as ``check`` does.
+    """
+    probes = _LocationProbes(config)
+    return lambda: {p.name.removeprefix("location "): p for p in probes.probes()}
 
 
 def _key_probe(config: Config) -> Probe:
