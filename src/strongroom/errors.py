@@ -35,6 +35,8 @@ class ExitCode(IntEnum):
     REBUILD_INCOMPLETE = 11
     #: The catalog is damaged or cannot be opened (``catalog rebuild`` is the fix).
     CATALOG = 12
+    #: ``drill`` ran, and the restored backup was not proved: a mismatch or a failed restore.
+    DRILL_FAILED = 13
     #: 128 + the signal that stopped the run, as a shell reports it: SIGHUP, SIGINT (Ctrl-C),
     #: SIGTERM (systemd, Docker, Kubernetes, ``timeout``).
     HANGUP = 129
@@ -166,6 +168,12 @@ class CatalogError(StrongroomError):
 
 class WrongBackupKind(StrongroomError):
     """The backup exists but is of a kind this command does not restore (e.g. a tenant's)."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class NotSupportedYet(StrongroomError):
+    """The request is understood, but this version cannot do it yet (e.g. a tenant drill)."""
 
     exit_code = ExitCode.CONFIG
 

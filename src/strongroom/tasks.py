@@ -28,6 +28,7 @@ from strongroom.config import Config
 from strongroom.core.status import VERIFIABLE
 from strongroom.schedule import (
     BACKUP_TASK,
+    DRILL_TASK,
     HEAL_TASK,
     PING_TASK,
     PRUNE_TASK,
@@ -246,6 +247,35 @@ def weekly_tenant_backups(self: StrongroomTask) -> dict[str, Any]:
         "ok": not failed,
         "backups": {o.tenant_id: o.report.id for o in outcomes if o.report is not None},
         "failed": {o.tenant_id: o.error for o in failed},
+    }
+
+
+@shared_task(bind=True, base=StrongroomTask, name=DRILL_TASK)
+def weekly_restore_drill(self: StrongroomTask, backup_id: str | None = None) -> dict[str, Any]:
+    """Drill the newest restorable full backup (weekly), or ``backup_id``; return the verdict.
+
+    The drill service records the result and notifies about a failed drill itself; a drill
+    that cannot start (no backup to drill, the drill server unreachable) is reported here.
+    Not retried: a drill proves the state of things now, and next week's run comes anyway.
+    """
+    from strongroom.errors import StrongroomError
+    from strongroom.services.drill import run_drill
+
+    with notify.deferred() as outbox:
+        config = _config_or_notify(outbox)
+        try:
+            report = run_drill(config, backup_id)
+        except StrongroomError as exc:
+            outbox.add(config, backup_id or "", "DRILL_FAILED", f"restore drill: {exc}")
+            outbox.note = "the drill did not run; `strongroom drill --latest` runs one by hand"
+            raise
+    return {
+        "ok": report.ok,
+        "drill_id": report.drill_id,
+        "backup_id": report.backup_id,
+        "rto_seconds": report.rto_seconds,
+        "mismatches": report.mismatches,
+        "error": report.error,
     }
 
 

@@ -101,7 +101,23 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="leave the servers running at the end")
     _retention_commands(sub)
     _tenant_commands(sub)
+    _drill_command(sub)
     return p
+
+
+def _drill_command(sub: Any) -> None:
+    """``drill [ID|--latest] [--kind full|tenant|base]``: restore into a throwaway database."""
+    dr = sub.add_parser(
+        "drill",
+        help="restore a backup into a throwaway database, compare every table, drop it",
+    )
+    _json(dr)
+    _which(dr)
+    dr.add_argument(
+        "--kind",
+        choices=("full", "tenant", "base"),
+        help="which kind of backup (default: the backup's own; with --latest, full)",
+    )
 
 
 def _tenant_commands(sub: Any) -> None:
@@ -236,7 +252,7 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
-    from strongroom.interfaces import commands, tenant_commands
+    from strongroom.interfaces import commands, drill_commands, tenant_commands
 
     if args.command == "keygen":
         return commands.keygen(args)
@@ -257,13 +273,14 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
         "heal": commands.heal,
         "catalog": commands.catalog,
         "tenant": tenant_commands.tenant,
+        "drill": drill_commands.drill,
     }
     return handlers[args.command](args, config)
 
 
 #: Commands whose answer depends on what the catalog holds: a catalog created empty just now
 #: (deleted, or a wrong STRONGROOM_CATALOG_URL) must not pass for "no backups" silently.
-_READS_CATALOG = frozenset({"list", "show", "verify", "restore", "prune", "heal"})
+_READS_CATALOG = frozenset({"list", "show", "verify", "restore", "prune", "heal", "drill"})
 
 
 def _open_catalog(args: argparse.Namespace, config: Config) -> None:
