@@ -221,7 +221,7 @@ def test_rows_that_differ_from_the_manifest_fail_the_drill_name_the_table_notify
     path.write_bytes(dataclasses.replace(manifest, table_rows=claimed).to_document(ring))
 
     done = cli("drill", backup_id, "--json")
-    doc = _json(done, code=13)
+    doc = _json(done, code=14)
     assert doc["status"] == "FAILED" and doc["ok"] is False and doc["rto_seconds"] is None
     assert doc["mismatches"] == [
         {
