@@ -9,6 +9,7 @@ SIGKILL while pg_restore runs (a ``pg_restore`` that waits, so the kill lands in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -192,18 +193,35 @@ def test_a_good_backup_passes_its_drill_with_an_rto_is_marked_and_its_database_i
     )
     assert task.returncode == 0, task.stderr
     result = json.loads(task.stdout.splitlines()[-1])
-    assert result["ok"] is True and result["backup_id"] == backup_id
-    assert result["rto_seconds"] > 0 and result["drill_id"] == doc["id"] + 1
+    (drilled,) = result["drills"]  # no tenant backup here: only the full one
+    assert result["ok"] is True and drilled["backup_id"] == backup_id
+    assert drilled["kind"] == "full" and drilled["rto_seconds"] > 0
+    assert drilled["drill_id"] == doc["id"] + 1
     assert _drill_databases(pg_cluster) == []
 
 
-def test_tenant_and_base_drills_are_one_line_not_supported_yet(cli: Cli) -> None:
-    for kind in ("tenant", "base"):
-        done = cli("drill", "--latest", "--kind", kind)
-        assert done.returncode == 2
-        errors = [line for line in done.stderr.splitlines() if "error" in line]
-        assert len(errors) == 1 and "Traceback" not in done.stderr
-        assert errors[0].startswith(f"strongroom: error: not supported yet: {kind}")
+def test_a_tenant_backup_drills_into_a_new_database_and_base_drills_are_not_supported_yet(
+    cli: Cli, shop: DemoDatabase, pg_cluster: PgCluster
+) -> None:
+    tenant = str(shop.tenants[0].id)
+    made = _json(cli("tenant", "backup", tenant, "--json", "--no-progress"))
+    assert made["status"] == "COMPLETED", made["error"]
+    rows = _table_rows(cli, made["id"])
+    assert rows["public.tenants"] == 1 and rows["public.sales"] > 0
+
+    doc = _json(cli("drill", "--latest", "--kind", "tenant", "--json"))
+    assert doc["ok"] is True and doc["kind"] == "tenant" and doc["backup_id"] == made["id"]
+    assert doc["data"]["tenant_id"] == tenant and doc["data"]["tables"] == len(rows)
+    assert doc["rto_seconds"] > 0 and doc["data"]["dropped"] is True
+    assert _drill_databases(pg_cluster) == []
+    assert _json(cli("show", made["id"], "--json"))["last_drill_ok"] is True
+    wrong = cli("drill", made["id"], "--kind", "full")
+    assert wrong.returncode == 2 and "is a tenant backup, not full" in wrong.stderr
+
+    done = cli("drill", "--latest", "--kind", "base")
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr
+    assert errors[0].startswith("strongroom: error: not supported yet: base backup drills")
 
 
 def test_rows_that_differ_from_the_manifest_fail_the_drill_name_the_table_notify_and_fail_check(
@@ -246,12 +264,9 @@ def test_rows_that_differ_from_the_manifest_fail_the_drill_name_the_table_notify
     assert _probe(check, "freshness")["ok"] is True  # the drill alone fails it
 
 
-def test_a_drill_killed_by_sigkill_leaves_a_database_the_next_drill_drops(
-    cli: Cli, env: dict[str, str], pg_cluster: PgCluster, tmp_path: Path
-) -> None:
-    backup_id = _backup(cli)
-    # a pg_restore that waits: the drill's database exists and the kill lands mid-restore
-    bindir, marker = tmp_path / "slow-bin", tmp_path / "pg_restore.pid"
+def _stopped_in_pg_restore(env: dict[str, str], backup_id: str, tmp: Path, sig: int) -> int:
+    """Run a drill whose pg_restore waits, so its database exists; send ``sig``; its exit."""
+    bindir, marker = tmp / "slow-bin", tmp / "pg_restore.pid"
     bindir.mkdir()
     shim = bindir / "pg_restore"
     shim.write_text(
@@ -269,11 +284,21 @@ def test_a_drill_killed_by_sigkill_leaves_a_database_the_next_drill_drops(
         while not marker.exists() and drill.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert marker.exists(), f"pg_restore never started (drill exit {drill.poll()})"
+        drill.send_signal(sig)
+        return drill.wait(30)
     finally:
-        drill.send_signal(signal.SIGKILL)
+        drill.kill()
         drill.wait(10)
         if marker.exists():
-            os.kill(int(marker.read_text()), signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(marker.read_text()), signal.SIGKILL)
+
+
+def test_a_drill_killed_by_sigkill_leaves_a_database_the_next_drill_drops(
+    cli: Cli, env: dict[str, str], pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    backup_id = _backup(cli)
+    assert _stopped_in_pg_restore(env, backup_id, tmp_path, signal.SIGKILL) == -signal.SIGKILL
     (left,) = _drill_databases(pg_cluster)
     ((killed_id, ok),) = _catalog(env, "SELECT id, ok FROM strongroom_drill WHERE target = ?", left)
     assert ok is None  # the killed drill never finished its record
@@ -283,6 +308,16 @@ def test_a_drill_killed_by_sigkill_leaves_a_database_the_next_drill_drops(
     assert _drill_databases(pg_cluster) == []
     ((ok, error),) = _catalog(env, "SELECT ok, error FROM strongroom_drill WHERE id = ?", killed_id)
     assert ok == 0 and f"drill {killed_id} was killed" in error and "is gone" in error
+
+
+def test_a_drill_stopped_by_sigterm_drops_its_database_and_records_why(
+    cli: Cli, env: dict[str, str], pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    backup_id = _backup(cli)
+    assert _stopped_in_pg_restore(env, backup_id, tmp_path, signal.SIGTERM) == 143
+    assert _drill_databases(pg_cluster) == []
+    ((ok, error),) = _catalog(env, "SELECT ok, error FROM strongroom_drill")
+    assert ok == 0 and error == "interrupted by SIGTERM"
 
 
 def test_check_fails_when_no_drill_passed_within_the_max_age(cli: Cli, env: dict[str, str]) -> None:
