@@ -5,17 +5,17 @@ A backup nobody has restored is a hope; a drill makes it a recorded fact. One dr
 1. drops what earlier drills left behind (:func:`sweep_leftovers`);
 2. records itself as running (a :class:`~strongroom.models.Drill`, host and pid), *before* its
    target exists, so a drill killed at any point leaves a record naming its target;
-3. restores through the same service as ``strongroom restore`` (one function per kind in
-   :data:`PROOFS`) into ``strongroom_drill_<backup suffix>_<random>`` on
-   ``BACKUP_DRILL_TARGET_URL`` (default: the backed-up server), then compares every table's rows
-   with the manifest's counts;
+3. restores through the same service as ``strongroom restore`` or, for a tenant backup,
+   ``strongroom tenant restore`` (one function per kind in :data:`PROOFS`) into
+   ``strongroom_drill_<backup suffix>_<random>`` on ``BACKUP_DRILL_TARGET_URL`` (default: the
+   backed-up server), then compares every table's rows with the manifest's counts;
 4. records the verdict: ``rto_seconds`` is the time from the drill's start to a usable database
    (restored and every count matched; ``None`` when it never became usable), the mismatches
    name each table, and the backup is marked (``last_drill_at``, ``last_drill_ok``);
-5. drops the target, also on failure, Ctrl-C and SIGTERM (``finally``).
+5. drops the target, also on failure, Ctrl-C and SIGTERM (``except BaseException``).
 
 A failed drill notifies the operators as a failed backup does, and ``strongroom check`` fails
-until a later drill passes (:func:`drill_probe`).
+until a later drill passes (:func:`drill_state`).
 
 A leftover drill database, found by name on the drill server, is dropped when the newest drill
 record naming it has finished, or ran on this host in a process that is gone (that record is
