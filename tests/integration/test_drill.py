@@ -170,6 +170,8 @@ def test_a_good_backup_passes_its_drill_with_an_rto_is_marked_and_its_database_i
     shown = _json(cli("show", backup_id, "--json"))
     assert shown["last_drill_ok"] is True
     assert shown["last_drill_at"] == doc["finished_at"]
+    assert [d["id"] for d in shown["drills"]] == [doc["id"]]
+    assert f"passed {doc['finished_at']} (drill {doc['id']}, RTO" in cli("show", backup_id).stdout
     listed = cli("list")
     assert listed.returncode == 0 and " ok " in listed.stdout.splitlines()[-2]
     done = cli("check", "--json")
@@ -215,6 +217,12 @@ def test_a_tenant_backup_drills_into_a_new_database_and_base_drills_are_not_supp
     assert doc["rto_seconds"] > 0 and doc["data"]["dropped"] is True
     assert _drill_databases(pg_cluster) == []
     assert _json(cli("show", made["id"], "--json"))["last_drill_ok"] is True
+    refused = cli("drill", made["id"], BACKUP_DRILL_TARGET_URL=shop.app_url)
+    assert (
+        refused.returncode == 2 and "(no CREATEDB): set BACKUP_DRILL_TARGET_URL" in refused.stderr
+    )
+    assert shop.app_url not in refused.stderr
+    assert len(_json(cli("show", made["id"], "--json"))["drills"]) == 1  # refused: no record
     wrong = cli("drill", made["id"], "--kind", "full")
     assert wrong.returncode == 2 and "is a tenant backup, not full" in wrong.stderr
 

@@ -181,10 +181,17 @@ def _drill_mark(doc: dict[str, Any]) -> Text:
 
 
 def last_drill(doc: dict[str, Any]) -> str:
-    """A backup's last drill in words: ``passed 2026-12-05T06:00:41Z`` or ``never``."""
+    """A backup's last drill in words: ``passed 2026-12-05T06:00:41Z (drill 7, RTO 41.2 s)``."""
     if doc.get("last_drill_ok") is None:
         return "never (strongroom drill ID proves it restorable)"
-    return f"{'passed' if doc['last_drill_ok'] else 'FAILED'} {doc.get('last_drill_at')}"
+    text = f"{'passed' if doc['last_drill_ok'] else 'FAILED'} {doc.get('last_drill_at')}"
+    finished = [d for d in doc.get("drills") or [] if d.get("ok") is not None]
+    if finished:
+        newest = finished[0]
+        rto = newest.get("rto_seconds")
+        how = f"RTO {rto:.1f} s" if rto is not None else newest.get("error") or "failed"
+        text += f" (drill {newest['id']}, {how})"
+    return text
 
 
 def drill_detail(doc: dict[str, Any]) -> None:

@@ -138,6 +138,12 @@ def run_drill(config: Config, backup_id: str | None, *, kind: str | None = None)
     """Drill ``backup_id`` (or the newest restorable backup of ``kind``, default full)."""
     backup, kind = _choose(config, backup_id, kind)
     server = drill_server(config)
+    if not postgres.can_create_databases(server):
+        raise ConfigError(
+            f"the drill cannot create its throwaway database as {server.user or 'this role'} "
+            "(no CREATEDB): set BACKUP_DRILL_TARGET_URL to a server and role that may create "
+            "databases and read every row (superuser or CREATEDB with BYPASSRLS)"
+        )
     swept = sweep_leftovers(config, server)
     name = postgres.drill_database_name(f"{backup.id.rsplit('-', 1)[-1]}_{secrets.token_hex(3)}")
     record = store.start_drill(

@@ -19,6 +19,7 @@ from strongroom.core.postgres.binaries import binary_version, find_binary
 from strongroom.core.postgres.conninfo import ConnInfo
 from strongroom.core.postgres.drill import (
     DRILL_PREFIX,
+    can_create_databases,
     drill_database_name,
     drill_databases,
     drop_drill_database,
@@ -47,6 +48,7 @@ __all__ = [
     "TargetMark",
     "apply_setup_role",
     "binary_version",
+    "can_create_databases",
     "count_rows",
     "drill_database_name",
     "drill_databases",

@@ -39,6 +39,15 @@ def drill_databases(server: ConnInfo) -> dict[str, int]:
     return {str(r[0]): int(r[1]) for r in rows}
 
 
+def can_create_databases(server: ConnInfo) -> bool:
+    """Whether the role may ``CREATE DATABASE`` (superuser or ``CREATEDB``)."""
+    with server.with_db("postgres").connect(autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+    return bool(row and row[0])
+
+
 def drop_drill_database(server: ConnInfo, name: str) -> None:
     """Drop one drill database, ending its sessions; refuses any other name."""
     if not name.startswith(DRILL_PREFIX):
