@@ -158,10 +158,10 @@ def run_drill(config: Config, backup_id: str | None, *, kind: str | None = None)
         report = _prove(config, backup, record, server.with_db(name), PROOFS[kind], started)
     except BaseException as exc:  # Ctrl-C, SIGTERM, a bug: dropped, recorded, raised on
         _drop(server, name)
-        why = str(exc) or type(exc).__name__
-        store.finish_drill(
-            record.pk, ok=False, error=why if "interrupt" in why else f"interrupted: {why}"
-        )
+        why = _stopped(exc)
+        store.finish_drill(record.pk, ok=False, error=why)
+        if isinstance(exc, Exception):  # a bug, not an operator's signal: someone must look
+            notify.notify_problem(config, backup.id, "DRILL_FAILED", f"restore drill: {why}")
         raise
     report.swept = swept
     dropped = _drop(server, name)
@@ -211,6 +211,13 @@ def _prove(
             for m in report.mismatches
         )
     return report
+
+
+def _stopped(exc: BaseException) -> str:
+    """Why a drill stopped without a verdict: ``interrupted by SIGTERM``, or the failure."""
+    if isinstance(exc, Exception):
+        return f"the drill failed unexpectedly: {type(exc).__name__}: {exc}"
+    return str(exc) or f"interrupted ({type(exc).__name__})"
 
 
 def _found(value: Any) -> str:
@@ -283,7 +290,7 @@ def sweep_leftovers(config: Config, server: postgres.ConnInfo) -> list[str]:
     dropped = []
     for name, sessions in found.items():
         drill = records.get(name)
-        why = _leftover(drill, sessions)
+        why = leftover_reason(drill, sessions)
         if why is None:
             log.info("drill database %s is in use by a running drill: kept", name)
             continue
@@ -297,7 +304,7 @@ def sweep_leftovers(config: Config, server: postgres.ConnInfo) -> list[str]:
     return dropped
 
 
-def _leftover(drill: Drill | None, sessions: int) -> str | None:
+def leftover_reason(drill: Drill | None, sessions: int) -> str | None:
     """Why a drill database may be dropped, or None while a live drill may be using it."""
     if drill is None:
         return None if sessions else "no drill record names it and nobody is connected"
