@@ -357,9 +357,10 @@ def _check_drift(rows: TableRows, table: _Table | None, tenant_column: str) -> N
     for column in rows.columns:
         have = table.columns.get(column.name)
         if have is None:
+            typed = f" ({column.type})" if column.type else ""
             raise SchemaDrift(
-                f"column {rows.name}.{column.name} ({column.type}) of the backup is missing on "
-                f"the target: {fix}"
+                f"column {rows.name}.{column.name}{typed} of the backup is missing on the "
+                f"target: {fix}"
             )
         if have.type != column.type:
             raise SchemaDrift(
