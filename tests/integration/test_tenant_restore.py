@@ -192,6 +192,39 @@ def test_latest_needs_the_tenant_and_human_output_lists_tables(
     assert digests(demo_db.admin_url) == before
 
 
+def test_changes_that_trip_a_constraint_fall_back_to_every_row(
+    cli: Cli, demo_db: DemoDatabase
+) -> None:
+    """Two items swapped their skus and a sale line moved to a new item: written row by row,
+    the first update would break the unique sku and the new item's delete its reference."""
+    tenant = demo_db.tenants[0].id
+    backup = _ok(cli("tenant", "backup", tenant, "--json"))
+    before = digests(demo_db.admin_url)
+    with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:
+        conn.execute("SET row_security = off")
+        (a, sku_a), (b, sku_b) = conn.execute(
+            "SELECT id, sku FROM inventory_items WHERE tenant_id = %s ORDER BY id LIMIT 2",
+            (tenant,),
+        ).fetchall()
+        conn.execute("UPDATE inventory_items SET sku = 'swap' WHERE id = %s", (a,))
+        conn.execute("UPDATE inventory_items SET sku = %s WHERE id = %s", (sku_a, b))
+        conn.execute("UPDATE inventory_items SET sku = %s WHERE id = %s", (sku_b, a))
+        (new,) = conn.execute(
+            "INSERT INTO inventory_items (tenant_id, sku, name, weight_grams, cost_price,"
+            " sale_price) VALUES (%s, 'new', 'New', 1, 1, 1) RETURNING id",
+            (tenant,),
+        ).fetchone() or (None,)
+        conn.execute(
+            "UPDATE sale_items SET item_id = %s WHERE id ="
+            " (SELECT id FROM sale_items WHERE tenant_id = %s ORDER BY id LIMIT 1)",
+            (new, tenant),
+        )
+    done = cli("-v", "tenant", "restore", backup["id"], "--target", demo_db.admin_url, "--replace")
+    assert done.returncode == 0, done.stderr
+    assert "writing every row" in done.stderr
+    assert digests(demo_db.admin_url) == before
+
+
 def test_schema_drift_is_refused_naming_table_and_column(cli: Cli, demo_db: DemoDatabase) -> None:
     tenant = demo_db.tenants[0].id
     backup = _ok(cli("tenant", "backup", tenant, "--json"))
