@@ -192,6 +192,39 @@ def test_latest_needs_the_tenant_and_human_output_lists_tables(
     assert digests(demo_db.admin_url) == before
 
 
+def test_changes_that_trip_a_constraint_fall_back_to_every_row(
+    cli: Cli, demo_db: DemoDatabase
+) -> None:
+    """Two items swapped their skus and a sale line moved to a new item: written row by row,
+    the first update would break the unique sku and the new item's delete its reference."""
+    tenant = demo_db.tenants[0].id
+    backup = _ok(cli("tenant", "backup", tenant, "--json"))
+    before = digests(demo_db.admin_url)
+    with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:
+        conn.execute("SET row_security = off")
+        (a, sku_a), (b, sku_b) = conn.execute(
+            "SELECT id, sku FROM inventory_items WHERE tenant_id = %s ORDER BY id LIMIT 2",
+            (tenant,),
+        ).fetchall()
+        conn.execute("UPDATE inventory_items SET sku = 'swap' WHERE id = %s", (a,))
+        conn.execute("UPDATE inventory_items SET sku = %s WHERE id = %s", (sku_a, b))
+        conn.execute("UPDATE inventory_items SET sku = %s WHERE id = %s", (sku_b, a))
+        (new,) = conn.execute(
+            "INSERT INTO inventory_items (tenant_id, sku, name, weight_grams, cost_price,"
+            " sale_price) VALUES (%s, 'new', 'New', 1, 1, 1) RETURNING id",
+            (tenant,),
+        ).fetchone() or (None,)
+        conn.execute(
+            "UPDATE sale_items SET item_id = %s WHERE id ="
+            " (SELECT id FROM sale_items WHERE tenant_id = %s ORDER BY id LIMIT 1)",
+            (new, tenant),
+        )
+    done = cli("-v", "tenant", "restore", backup["id"], "--target", demo_db.admin_url, "--replace")
+    assert done.returncode == 0, done.stderr
+    assert "writing every row" in done.stderr
+    assert digests(demo_db.admin_url) == before
+
+
 def test_schema_drift_is_refused_naming_table_and_column(cli: Cli, demo_db: DemoDatabase) -> None:
     tenant = demo_db.tenants[0].id
     backup = _ok(cli("tenant", "backup", tenant, "--json"))
@@ -353,7 +386,9 @@ def _sequences(url: str) -> dict[str, int | None]:
     return {str(r[0]): r[1] for r in rows}
 
 
-def test_own_schema_partitions_identity_and_sequences(cli: Cli, own_db: tuple[str, str]) -> None:
+def test_own_schema_partitions_identity_and_sequences(
+    cli: Cli, own_db: tuple[str, str], new_db: Callable[[], str]
+) -> None:
     url, _ = own_db
     settings = {**OWN_SETTINGS, "DATABASE_URL": url}
     backup = _ok(cli("tenant", "backup", "a", "--json", **settings))
@@ -395,6 +430,16 @@ def test_own_schema_partitions_identity_and_sequences(cli: Cli, own_db: tuple[st
             last = conn.execute("SELECT pg_sequence_last_value(%s::regclass)", (seq,)).fetchone()
             assert top and last and last[0] is not None and last[0] >= top[0], (table, last, top)
         conn.execute("INSERT INTO events (acct, at) VALUES ('b', '2025-05-05')")  # no collision
+
+    # into a new database: the tables, the rows straight in, then keys; sequences past the rows
+    url_new = new_db()
+    report = _ok(cli("tenant", "restore", backup["id"], "--target", url_new, "--json", **settings))
+    assert report["mode"] == "new database"
+    assert digests(url_new, OWN) == _of(before, "a")
+    with psycopg.connect(url_new, autocommit=True) as conn:
+        conn.execute("INSERT INTO accounts VALUES ('c', 'Gamma')")
+        conn.execute("INSERT INTO events (acct, at) VALUES ('c', '2024-03-03')")
+        conn.execute("INSERT INTO notes (acct) VALUES ('c')")
 
 
 # -- other tenants keep working; a killed restore changes nothing ------------------------------
@@ -541,3 +586,62 @@ def test_a_corrupt_copy_is_refused_and_the_next_location_used(
     report = _ok(cli(*restore, "--json", **cloud))
     assert report["source"] == "r2" and report["skipped"][0].startswith("local: ")
     assert digests(demo_db.admin_url) == before
+
+
+# -- a full backup's night; a new database --------------------------------------------------
+
+
+@pytest.fixture
+def new_db(pg_cluster: PgCluster) -> Iterator[Callable[[], str]]:
+    """``new_db()``: the superuser URL of an unused database name (dropped afterwards)."""
+    names: list[str] = []
+
+    def make() -> str:
+        names.append(f"export_{uuid.uuid4().hex[:10]}")
+        return pg_cluster.url(names[-1])
+
+    yield make
+    for name in names:
+        pg_cluster.drop_database(name)
+
+
+def test_a_tenant_rolled_back_to_a_full_backups_night(cli: Cli, demo_db: DemoDatabase) -> None:
+    tenant = demo_db.tenants[2].id
+    full = _ok(cli("backup", "--json"))
+    before = digests(demo_db.admin_url)
+    _damage(demo_db.admin_url, tenant)
+    with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:  # another tenant moves on
+        conn.execute(
+            "UPDATE customers SET name = 'later' WHERE tenant_id = %s", (demo_db.tenants[0].id,)
+        )
+    others = _others(digests(demo_db.admin_url), tenant)
+    restore = ("tenant", "restore", full["id"], "--target", demo_db.admin_url, "--replace")
+    line = _one_error_line(cli(*restore), 2)
+    assert "full backup" in line and "--tenant" in line
+    report = _ok(cli(*restore, "--tenant", tenant.upper(), "--json"))
+    assert (report["kind"], report["tenant_id"], report["status"]) == ("full", tenant, "RESTORED")
+    assert (
+        report["tables"]["public.sale_items"]["restored"]
+        == before[("public.sale_items", tenant)][0]
+    )
+    after = digests(demo_db.admin_url)
+    assert _of(after, tenant) == _of(before, tenant)
+    assert _others(after, tenant) == others
+
+
+def test_export_into_new_databases_holds_exactly_one_tenant(
+    cli: Cli, demo_db: DemoDatabase, new_db: Callable[[], str]
+) -> None:
+    tenant = demo_db.tenants[1].id
+    backup = _ok(cli("tenant", "backup", tenant, "--json"))
+    full = _ok(cli("backup", "--json"))
+    expected = _of(digests(demo_db.admin_url), tenant)
+    for source, extra in ((backup["id"], ()), (full["id"], ("--tenant", tenant))):
+        url = new_db()
+        report = _ok(cli("tenant", "restore", source, "--target", url, *extra, "--json"))
+        assert (report["mode"], report["status"]) == ("new database", "RESTORED"), source
+        assert digests(url) == expected, source
+        with psycopg.connect(url, autocommit=True) as conn:
+            policies = conn.execute("SELECT count(*) FROM pg_policies").fetchone()
+            keys = conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f'").fetchone()
+        assert policies == (5,) and keys == (7,), source  # RLS and foreign keys came along

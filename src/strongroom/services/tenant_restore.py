@@ -8,10 +8,12 @@ fetch is ``services/restore.py``'s). Then:
 
 * **In place** (the target holds the schema and every other tenant): one transaction replaces
   the tenant's rows (``core/postgres/tenant_load.py``); any failure rolls it back.
-* **Into a new or empty database**: the database is created if missing, the backup's schema is
-  created without its constraints, the tenant's rows are copied in, then indexes, constraints
-  and policies follow (``core/postgres/tenant_schema.py``). A failure drops a database this run
-  created, or empties an existing one again, as the full restore does.
+* **Into a new or empty database**: the database is created if missing and the backup's schema
+  created in it (``core/postgres/tenant_schema.py``): for a tenant backup the tables first, the
+  tenant's rows copied straight in, then indexes, keys and policies; for a full backup the whole
+  schema first (picking the tenant's rows needs the target's keys), then the load as in place.
+  A failure drops a database this run created, or empties an existing one again, as the full
+  restore does.
 
 The report holds the rows restored per table against the backup's own counts.
 """
@@ -30,6 +32,7 @@ from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core import postgres
 from strongroom.core.manifest import Manifest
+from strongroom.core.postgres import tenant_extract, tenant_schema
 from strongroom.core.postgres.tenant_export import TenantScope
 from strongroom.core.postgres.tenant_file import ExportRows
 from strongroom.core.postgres.tenant_load import load_tenant
@@ -115,7 +118,7 @@ def restore_tenant(
     report = TenantRestoreReport(
         manifest.id,
         manifest.kind,
-        tenant,
+        load.tenant,
         copy.location.name,
         str(target),
         "new database" if empty else "in place",
@@ -155,21 +158,28 @@ class _Load:
 
     def in_place(self) -> tuple[dict[str, int], dict[str, int]]:
         with self._rows() as rows:
+            self.tenant = rows.tenant_id  # as the key's type prints it (a full backup's source)
             restored = load_tenant(
                 self.target, self.scope, rows, replace=self.replace, lock_timeout=self.wait
             )
             return restored, rows.expected_rows
 
     def into_new(self) -> tuple[dict[str, int], dict[str, int]]:
-        """Schema first (no constraints), rows, then constraints; a failure is undone."""
-        import strongroom.core.postgres.tenant_schema as tenant_schema
+        """The schema from the backup, then the tenant's rows; a failure is undone.
 
+        A tenant backup's rows go in before the keys and indexes (the fast path: one COPY per
+        table, then post-data). Rows out of a full backup are picked by the target's tenant
+        model, which needs the primary keys: both schema sections run first.
+        """
+        if self.manifest.kind == "full":
+            with self._new_database():
+                tenant_schema.create_pre_data(self.target, self.archive, bindir=self.bindir)
+                tenant_schema.create_post_data(self.target, self.archive, bindir=self.bindir)
+                return self.in_place()
         with self._rows() as rows:
             schema = self._schema_archive(rows)
-            created = postgres.prepare_target(self.target)
-            mark = None if created else postgres.mark_target(self.target)
-            try:
-                tenant_schema.create_pre_data(self.target, schema)
+            with self._new_database():
+                tenant_schema.create_pre_data(self.target, schema, bindir=self.bindir)
                 restored = load_tenant(
                     self.target,
                     self.scope,
@@ -179,19 +189,29 @@ class _Load:
                     key=self._tenant_key(),
                     lock_timeout=self.wait,
                 )
-                tenant_schema.create_post_data(self.target, schema)
-            except BaseException:
-                undo_target(self.target, mark)
-                raise
+                tenant_schema.create_post_data(self.target, schema, bindir=self.bindir)
             return restored, rows.expected_rows
+
+    @property
+    def bindir(self) -> str | None:
+        return self.config.pg_bindir
+
+    @contextmanager
+    def _new_database(self) -> Iterator[None]:
+        """Create the target if missing; on any failure drop it again, or empty it again."""
+        created = postgres.prepare_target(self.target)
+        mark = None if created else postgres.mark_target(self.target)
+        try:
+            yield
+        except BaseException:
+            undo_target(self.target, mark)
+            raise
 
     @contextmanager
     def _rows(self) -> Iterator[TenantRows]:
         if self.manifest.kind == "full":
-            import strongroom.core.postgres.tenant_extract as tenant_extract
-
             with tenant_extract.dump_tenant_rows(
-                self.archive, self.target, self.scope, self.tenant
+                self.archive, self.target, self.scope, self.tenant, bindir=self.bindir
             ) as extracted:
                 yield extracted
             return
@@ -205,11 +225,7 @@ class _Load:
             yield rows
 
     def _schema_archive(self, rows: TenantRows) -> Path:
-        """The pg_dump archive the new database's schema comes from."""
-        if self.manifest.kind == "full":
-            return self.archive
-        import strongroom.core.postgres.tenant_schema as tenant_schema
-
+        """A tenant backup's schema-only archive, as a file for pg_restore."""
         assert isinstance(rows, ExportRows)
         schema = tenant_schema.schema_from_header(rows.header)
         if schema is None:

@@ -14,10 +14,12 @@ In order, in one transaction (READ COMMITTED):
    ``COPY ... FROM STDIN`` into a temporary table (``ON COMMIT DROP``; a table yielded twice,
    one partition after another, is appended); every staged row must be the tenant's, and the
    staged counts must equal the source's expected ones;
-4. only then the tenant's current rows are deleted, children first; the tenant table's own row
-   is upserted (``ON CONFLICT (key) DO UPDATE``), never deleted, so shared rows referencing it
-   are not disturbed; the staged rows are inserted parents first, ``OVERRIDING SYSTEM VALUE``
-   (identity and serial values kept, one ``INSERT ... SELECT`` per table);
+4. only then the tenant's current rows are made the staged ones (``tenant_write.py``): where
+   every table has a primary key, only the rows that differ are deleted (children first),
+   updated or inserted (parents first), else all of them are deleted and inserted; the tenant
+   table's own row is upserted (``ON CONFLICT (key) DO UPDATE``), never deleted, so shared rows
+   referencing it are not disturbed; inserts are ``OVERRIDING SYSTEM VALUE`` (identity and
+   serial values kept), one ``INSERT ... SELECT`` per table;
 5. sequences are moved forward past the restored values, never backwards.
 
 Any error rolls everything back (the temporary tables go with it) and is one line naming the
@@ -39,6 +41,7 @@ from strongroom.core.postgres.conninfo import ConnInfo, redact
 from strongroom.core.postgres.tables import TableRef
 from strongroom.core.postgres.tenant_export import TenantScope
 from strongroom.core.postgres.tenant_rows import TableRows, TenantRows
+from strongroom.core.postgres.tenant_write import Staged, TargetTable, is_tenant, write
 from strongroom.core.postgres.tenants import Column, TenantModel, discover, source_of
 from strongroom.errors import (
     RestoreError,
@@ -79,32 +82,6 @@ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
 """
 
 
-@dataclass(frozen=True)
-class _Table:
-    """A tenant table as the target has it: where its rows go, how the tenant's are found."""
-
-    ref: TableRef
-    oid: int
-    #: The column that says whose a row is (the key, for the tenant table); None: not known.
-    filter_column: str | None
-    columns: dict[str, Column]
-    partitioned: bool = False
-    is_tenant_table: bool = False
-
-    def source(self) -> sql.Composed:
-        return self.ref.ident() if self.partitioned else sql.SQL("ONLY {}").format(self.ref.ident())
-
-
-@dataclass
-class _Staged:
-    """Where one table's rows of the source went (a temporary table, or the table itself)."""
-
-    table: _Table
-    into: sql.Composable
-    columns: tuple[str, ...]
-    rows: int = 0
-
-
 @dataclass
 class _Load:
     conn: Conn
@@ -113,9 +90,9 @@ class _Load:
     replace: bool
     empty: bool
     key: str | None
-    tables: dict[str, _Table] = field(default_factory=dict)
+    tables: dict[str, TargetTable] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
-    staged: dict[str, _Staged] = field(default_factory=dict)
+    staged: dict[str, Staged] = field(default_factory=dict)
 
     @property
     def tenant(self) -> str:
@@ -135,8 +112,8 @@ class _Load:
         if self.empty:
             restored = {name: s.rows for name, s in self.staged.items()}
         else:
-            self._delete_current()
-            restored = self._insert()
+            ordered = [self.staged[n] for n in self.order if n in self.staged]
+            restored = write(self.conn, ordered, self.tenant)
         self._advance_sequences()
         return restored
 
@@ -145,7 +122,7 @@ class _Load:
     def _use_model(self, model: TenantModel) -> None:
         for t in model.tables:
             name = str(t.ref)
-            self.tables[name] = _Table(
+            self.tables[name] = TargetTable(
                 t.ref,
                 t.oid,
                 t.filter_column,
@@ -155,7 +132,7 @@ class _Load:
             )
             self.order.append(name)
 
-    def _table(self, name: str) -> _Table | None:
+    def _table(self, name: str) -> TargetTable | None:
         """The target's table ``name``; in empty mode looked up on first use (no keys yet)."""
         if self.empty and name not in self.tables:
             found = _lookup(self.conn, name, self.scope, self.key)
@@ -168,7 +145,7 @@ class _Load:
         found = {}
         for table in model.tables:
             query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
-                source_of(table), _is_tenant(table.filter_column, self.tenant)
+                source_of(table), is_tenant(table.filter_column, self.tenant)
             )
             row = self.conn.execute(query).fetchone()
             if row and row[0]:
@@ -189,7 +166,7 @@ class _Load:
         names = tuple(c.name for c in rows.columns)
         staged = self.staged.get(rows.name)
         if staged is None:
-            staged = _Staged(table, self._stage_into(table, names), names)
+            staged = Staged(table, self._stage_into(table, names), names)
             self.staged[rows.name] = staged
         elif staged.columns != names:
             raise RestoreError(
@@ -197,7 +174,7 @@ class _Load:
             )
         staged.rows += _copy(self.conn, staged.into, names, rows)
 
-    def _stage_into(self, table: _Table, names: tuple[str, ...]) -> sql.Composable:
+    def _stage_into(self, table: TargetTable, names: tuple[str, ...]) -> sql.Composable:
         if self.empty:
             return table.ref.ident()
         stage = sql.Identifier(f"strongroom_stage_{len(self.staged)}")
@@ -229,7 +206,7 @@ class _Load:
                 f"{_NOTHING}"
             )
 
-    def _refuse_foreign_rows(self, name: str, staged: _Staged) -> None:
+    def _refuse_foreign_rows(self, name: str, staged: Staged) -> None:
         column = staged.table.filter_column
         into = staged.table.source() if self.empty else staged.into
         if column is None:  # an empty target's tenant table without a key yet: one row only
@@ -249,26 +226,6 @@ class _Load:
             )
 
     # -- writing --------------------------------------------------------------------------------
-
-    def _delete_current(self) -> None:
-        """The tenant's current rows, children first (the tenant's own row is upserted)."""
-        for name in reversed(self.order):
-            table = self.tables[name]
-            if name not in self.staged or table.is_tenant_table:
-                continue
-            self.conn.execute(
-                sql.SQL("DELETE FROM {} WHERE {}").format(
-                    table.source(), _is_tenant(table.filter_column, self.tenant)
-                )
-            )
-
-    def _insert(self) -> dict[str, int]:
-        restored: dict[str, int] = {}
-        for name in self.order:
-            staged = self.staged.get(name)
-            if staged is not None:
-                restored[name] = _insert_staged(self.conn, staged, self.tenant)
-        return restored
 
     def _advance_sequences(self) -> None:
         by_oid = {s.table.oid: s for s in self.staged.values()}
@@ -314,14 +271,7 @@ def load_tenant(
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _is_tenant(column: str | None, tenant: str) -> sql.Composed:
-    """``<column> = '<tenant>'``: a literal the server casts to the column's type."""
-    if column is None:
-        return sql.SQL("true").format()
-    return sql.SQL("{} = {}").format(sql.Identifier(column), sql.Literal(tenant))
-
-
-def _lookup(conn: Conn, name: str, scope: TenantScope, key: str | None) -> _Table | None:
+def _lookup(conn: Conn, name: str, scope: TenantScope, key: str | None) -> TargetTable | None:
     """A table of an empty target by name, its columns, and whose rows it holds."""
     schema, _, relname = name.partition(".")
     rows = conn.execute(_TARGET_COLUMNS_SQL, (schema, relname)).fetchall()
@@ -337,7 +287,9 @@ def _lookup(conn: Conn, name: str, scope: TenantScope, key: str | None) -> _Tabl
         column = scope.column
     else:
         return None
-    return _Table(TableRef(schema, relname), oid, column, columns, partitioned, is_tenant_table)
+    return TargetTable(
+        TableRef(schema, relname), oid, column, columns, partitioned, is_tenant_table
+    )
 
 
 def _primary_key(conn: Conn, oid: int) -> str | None:
@@ -346,7 +298,7 @@ def _primary_key(conn: Conn, oid: int) -> str | None:
     return str(keys[0]) if len(keys) == 1 else None
 
 
-def _check_drift(rows: TableRows, table: _Table | None, tenant_column: str) -> None:
+def _check_drift(rows: TableRows, table: TargetTable | None, tenant_column: str) -> None:
     """The backup's table and every column of it exist on the target with the same type."""
     fix = f"migrate the target to the backup's schema, or restore a backup that matches; {_NOTHING}"
     if table is None:
@@ -357,9 +309,10 @@ def _check_drift(rows: TableRows, table: _Table | None, tenant_column: str) -> N
     for column in rows.columns:
         have = table.columns.get(column.name)
         if have is None:
+            typed = f" ({column.type})" if column.type else ""
             raise SchemaDrift(
-                f"column {rows.name}.{column.name} ({column.type}) of the backup is missing on "
-                f"the target: {fix}"
+                f"column {rows.name}.{column.name}{typed} of the backup is missing on the "
+                f"target: {fix}"
             )
         if have.type != column.type:
             raise SchemaDrift(
@@ -379,39 +332,6 @@ def _copy(conn: Conn, into: sql.Composable, names: Iterable[str], rows: TableRow
             for chunk in rows.chunks:
                 copy.write(chunk)
         return max(0, int(cur.rowcount))
-
-
-def _insert_staged(conn: Conn, staged: _Staged, tenant: str) -> int:
-    """One ``INSERT ... SELECT`` from the stage; the tenant table's row is upserted."""
-    table = staged.table
-    columns = sql.SQL(", ").join(sql.Identifier(n) for n in staged.columns)
-    overriding = any(table.columns[n].identity == "a" for n in staged.columns)
-    statement = sql.SQL("INSERT INTO {} ({}) {}SELECT {} FROM {} WHERE {}").format(
-        table.ref.ident(),
-        columns,
-        sql.SQL("OVERRIDING SYSTEM VALUE " if overriding else ""),
-        columns,
-        staged.into,
-        _is_tenant(table.filter_column, tenant),
-    )
-    if table.is_tenant_table and table.filter_column:
-        statement += _upsert(table, staged.columns)
-    with conn.cursor() as cur:
-        cur.execute(statement)
-        return max(0, int(cur.rowcount))
-
-
-def _upsert(table: _Table, names: tuple[str, ...]) -> sql.Composed:
-    """``ON CONFLICT (key) DO UPDATE`` every other column (an ALWAYS identity cannot be set)."""
-    key = table.filter_column
-    assert key is not None
-    others = [n for n in names if n != key and table.columns[n].identity != "a"]
-    if not others:
-        return sql.SQL(" ON CONFLICT ({}) DO NOTHING").format(sql.Identifier(key))
-    sets = sql.SQL(", ").join(
-        sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(n), sql.Identifier(n)) for n in others
-    )
-    return sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(sql.Identifier(key), sets)
 
 
 def _advance(conn: Conn, sequence: int, rows: sql.Composable, column: str) -> None:
