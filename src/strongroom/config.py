@@ -41,6 +41,9 @@ GENERAL_SETTINGS = (
     "BACKUP_RESTORE_LOCK_TIMEOUT",
     "BACKUP_MAX_AGE_HOURS",
     "BACKUP_NOTIFY_WEBHOOK_URL",
+    # restore drills (strongroom.services.drill)
+    "BACKUP_DRILL_TARGET_URL",
+    "BACKUP_DRILL_MAX_AGE_DAYS",
     "STRONGROOM_CATALOG_URL",
     "STRONGROOM_LOCATIONS",
     "STRONGROOM_REQUIRED_LOCATIONS",
@@ -67,6 +70,9 @@ GENERAL_SETTINGS = (
     "BACKUP_TENANT_SCHEDULE_DAY",
     "BACKUP_TENANT_SCHEDULE_HOUR",
     "BACKUP_TENANT_TASK_PRIORITY",
+    "BACKUP_DRILL_SCHEDULE_DAY",
+    "BACKUP_DRILL_SCHEDULE_HOUR",
+    "BACKUP_DRILL_TASK_PRIORITY",
     "CELERY_BROKER_URL",
 )
 #: General names whose values are secret (the backends mark their own).
@@ -104,6 +110,9 @@ NUMBERS: dict[str, Number] = {
     "BACKUP_RESTORE_LOCK_TIMEOUT": _BACKOFF,  # 0: do not wait for other sessions at all
     "BACKUP_LOCATION_TIMEOUT": seconds(high=24 * 3600),
     "BACKUP_CHECK_TIMEOUT": seconds(high=24 * 3600),
+    "BACKUP_DRILL_MAX_AGE_DAYS": Number("a number of days", above=0, high=36600),
+    "BACKUP_DRILL_SCHEDULE_HOUR": _HOUR,  # or off
+    "BACKUP_DRILL_TASK_PRIORITY": whole(0, 255),  # and at most BACKUP_QUEUE_MAX_PRIORITY
 }
 
 
@@ -166,6 +175,11 @@ class TaskSettings:
     tenant_day: str = "sun"
     tenant_hour: int | None = 3
     tenant_priority: int = 8
+    #: The weekly restore drill: crontab day of week, hour (``None``: off), priority (below
+    #: every backup's: a drill restores, it must never delay a dump).
+    drill_day: str = "sat"
+    drill_hour: int | None = 6
+    drill_priority: int = 5
 
 
 #: Seconds between pg_dump's deadline and the task's soft limit: the upload, manifests and row
@@ -200,6 +214,10 @@ class Config:
     restore_lock_timeout: float = 30.0
     stale_after_hours: float = 26.0
     webhook_url: str | None = None
+    #: The server restore drills restore into (``None``: the backed-up server, DATABASE_URL).
+    drill_target_url: str | None = None
+    #: ``check`` fails when restorable backups older than this exist and no drill passed within.
+    drill_max_age_days: float = 8.0
     lock_timeout: float = 0.0
     tenant_table: str = "tenants"
     tenant_column: str = "tenant_id"
@@ -297,6 +315,8 @@ def load_config(source: Mapping[str, Any]) -> Config:
         restore_lock_timeout=_number(source, "BACKUP_RESTORE_LOCK_TIMEOUT", 30.0),
         stale_after_hours=_number(source, "BACKUP_MAX_AGE_HOURS", 26.0),
         webhook_url=_get(source, "BACKUP_NOTIFY_WEBHOOK_URL"),
+        drill_target_url=_get(source, "BACKUP_DRILL_TARGET_URL") or None,
+        drill_max_age_days=_number(source, "BACKUP_DRILL_MAX_AGE_DAYS", 8.0),
         tenant_table=str(_get(source, "STRONGROOM_TENANT_TABLE") or "tenants"),
         tenant_column=str(_get(source, "STRONGROOM_TENANT_COLUMN") or "tenant_id"),
         tenant_setting=str(_get(source, "STRONGROOM_TENANT_SETTING") or "app.current_tenant"),
@@ -344,6 +364,9 @@ def load_task_settings(source: Mapping[str, Any]) -> TaskSettings:
         tenant_day=str(_get(source, "BACKUP_TENANT_SCHEDULE_DAY") or "sun"),
         tenant_hour=_hour_or_off(source, "BACKUP_TENANT_SCHEDULE_HOUR", 3),
         tenant_priority=_priority(source, max_priority, "BACKUP_TENANT_TASK_PRIORITY", 8),
+        drill_day=str(_get(source, "BACKUP_DRILL_SCHEDULE_DAY") or "sat"),
+        drill_hour=_hour_or_off(source, "BACKUP_DRILL_SCHEDULE_HOUR", 6),
+        drill_priority=_priority(source, max_priority, "BACKUP_DRILL_TASK_PRIORITY", 5),
     )
 
 

@@ -36,12 +36,22 @@ PING_TASK = "strongroom.tasks.ping"
 PRUNE_TASK = "strongroom.tasks.prune_backups"
 HEAL_TASK = "strongroom.tasks.heal_backups"
 TENANT_TASK = "strongroom.tasks.weekly_tenant_backups"
-TASK_NAMES = (BACKUP_TASK, VERIFY_TASK, PING_TASK, PRUNE_TASK, HEAL_TASK, TENANT_TASK)
+DRILL_TASK = "strongroom.tasks.weekly_restore_drill"
+TASK_NAMES = (
+    BACKUP_TASK,
+    VERIFY_TASK,
+    PING_TASK,
+    PRUNE_TASK,
+    HEAL_TASK,
+    TENANT_TASK,
+    DRILL_TASK,
+)
 #: The seed's name for the beat entry.
 ENTRY_NAME = "daily-full-database-backup"
 PRUNE_ENTRY = "daily-prune-backups"
 HEAL_ENTRY = "daily-heal-backups"
 TENANT_ENTRY = "strongroom-weekly-tenant-backups"
+DRILL_ENTRY = "strongroom-weekly-restore-drill"
 #: Maintenance runs below backups: a prune or heal queued at 02:00 never delays the dump.
 MAINTENANCE_PRIORITY = 3
 
@@ -155,7 +165,9 @@ def beat_schedule(
     scale; the task translates it for Redis when it is published); prune at 04:00 and heal at
     05:00 on the same queue at a lower priority (``BACKUP_PRUNE_HOUR``/``BACKUP_HEAL_HOUR``,
     ``off`` to leave one out); every tenant's backup on Sunday at 03:00, priority 8
-    (``BACKUP_TENANT_SCHEDULE_DAY``/``_HOUR``/``BACKUP_TENANT_TASK_PRIORITY``).
+    (``BACKUP_TENANT_SCHEDULE_DAY``/``_HOUR``/``BACKUP_TENANT_TASK_PRIORITY``); the restore
+    drill of the newest full backup on Saturday at 06:00, priority 5
+    (``BACKUP_DRILL_SCHEDULE_DAY``/``_HOUR``/``BACKUP_DRILL_TASK_PRIORITY``).
     """
     ts = task_settings(settings, env)
     entries: dict[str, dict[str, Any]] = {
@@ -183,6 +195,14 @@ def beat_schedule(
                 day_of_week=ts.tenant_day, hour=ts.tenant_hour, minute=ts.schedule_minute
             ),
             "options": {"queue": ts.queue, "priority": ts.tenant_priority},
+        }
+    if ts.drill_hour is not None:
+        entries[DRILL_ENTRY] = {
+            "task": DRILL_TASK,
+            "schedule": crontab(
+                day_of_week=ts.drill_day, hour=ts.drill_hour, minute=ts.schedule_minute
+            ),
+            "options": {"queue": ts.queue, "priority": ts.drill_priority},
         }
     return entries
 
@@ -232,7 +252,7 @@ def time_limits(ts: TaskSettings) -> dict[str, dict[str, float | int]]:
         "max_retries": ts.max_retries,
         "default_retry_delay": ts.retry_backoff,
     }
-    tasks = (BACKUP_TASK, VERIFY_TASK, PRUNE_TASK, HEAL_TASK, TENANT_TASK)
+    tasks = (BACKUP_TASK, VERIFY_TASK, PRUNE_TASK, HEAL_TASK, TENANT_TASK, DRILL_TASK)
     return {name: dict(limits) for name in tasks}
 
 

@@ -28,6 +28,7 @@ from strongroom.config import Config
 from strongroom.core.status import VERIFIABLE
 from strongroom.schedule import (
     BACKUP_TASK,
+    DRILL_TASK,
     HEAL_TASK,
     PING_TASK,
     PRUNE_TASK,
@@ -246,6 +247,49 @@ def weekly_tenant_backups(self: StrongroomTask) -> dict[str, Any]:
         "ok": not failed,
         "backups": {o.tenant_id: o.report.id for o in outcomes if o.report is not None},
         "failed": {o.tenant_id: o.error for o in failed},
+    }
+
+
+@shared_task(bind=True, base=StrongroomTask, name=DRILL_TASK)
+def weekly_restore_drill(self: StrongroomTask, backup_id: str | None = None) -> dict[str, Any]:
+    """Drill the newest full backup and the newest tenant backup, if any (weekly), or one id.
+
+    The drill service records each result and notifies about a failed drill itself; a drill
+    that cannot start (no full backup to drill, the drill server unreachable) is reported here.
+    Not retried: a drill proves the state of things now, and next week's run comes anyway.
+    """
+    plan: list[tuple[str | None, str | None]] = (
+        [(backup_id, None)] if backup_id else [(None, "full"), (None, "tenant")]
+    )
+    with notify.deferred() as outbox:
+        config = _config_or_notify(outbox)
+        drills = [d for d in (_drill_one(config, w, k, outbox) for w, k in plan) if d]
+    return {"ok": bool(drills) and all(d["ok"] for d in drills), "drills": drills}
+
+
+def _drill_one(
+    config: Config, backup_id: str | None, kind: str | None, outbox: notify.Outbox
+) -> dict[str, Any] | None:
+    """One drill's outcome; None when there is no tenant backup to drill at all."""
+    from strongroom.errors import BackupNotFound, StrongroomError
+    from strongroom.services.drill import run_drill
+
+    try:
+        report = run_drill(config, backup_id, kind=kind)
+    except StrongroomError as exc:
+        if isinstance(exc, BackupNotFound) and kind == "tenant":
+            return None
+        outbox.add(config, backup_id or "", "DRILL_FAILED", f"restore drill: {exc}")
+        outbox.note = "the drill did not run; `strongroom drill --latest` runs one by hand"
+        return {"kind": kind, "ok": False, "error": str(exc)}
+    return {
+        "kind": report.kind,
+        "ok": report.ok,
+        "drill_id": report.drill_id,
+        "backup_id": report.backup_id,
+        "rto_seconds": report.rto_seconds,
+        "mismatches": report.mismatches,
+        "error": report.error,
     }
 
 

@@ -845,3 +845,20 @@ def test_called_directly_as_in_the_seeds_manual_test_it_backs_up_in_process(
     assert backup.status == "COMPLETED"
     assert backup.backup_job_id == ""
     assert backup.get_size_mb() >= 0
+
+
+def test_the_weekly_drill_task_through_the_broker_drills_the_newest_backup_and_marks_it(
+    backup_env: dict[str, str], celeryd: Callable[..., Celeryd], demo_db: DemoDatabase
+) -> None:
+    # the backup role of setup-role cannot create databases: drills go where one can
+    env = {**backup_env, "BACKUP_DRILL_TARGET_URL": demo_db.admin_url}
+    runner = celeryd(env)
+    runner.worker("worker-drill")
+    app = client_app(env)
+    backup_id = _trigger(app, verify=False).get(timeout=120)
+    result = app.tasks[schedule.DRILL_TASK].apply_async().get(timeout=180)
+    (drill,) = result["drills"]  # no tenant backup of this database: the full one only
+    assert result["ok"] is True, result
+    assert drill["kind"] == "full" and drill["backup_id"] == backup_id
+    assert drill["rto_seconds"] > 0 and drill["mismatches"] == []
+    assert _store().get_backup(backup_id).last_drill_ok is True

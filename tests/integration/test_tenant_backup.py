@@ -25,6 +25,12 @@ from strongroom.config import load_config
 from strongroom.core import tenant_format
 from strongroom.core.crypto import generate_key
 from strongroom.core.manifest import MANIFEST_SUFFIX, manifest_key_for
+from strongroom.core.postgres import ConnInfo
+from strongroom.core.postgres.tenant_schema import (
+    create_post_data,
+    create_pre_data,
+    schema_from_header,
+)
 from strongroom.core.readback import read_copy
 from strongroom.sandbox.demo_data import DemoDatabase
 from strongroom.sandbox.pgcluster import PgCluster
@@ -390,3 +396,48 @@ def test_catalog_rebuild_brings_a_tenant_backup_back(
         tenant,
     )
     assert _ok(cli("verify", doc["id"], "--json"))["status"] == "VERIFIED"
+
+
+def test_the_backup_carries_the_schema_a_new_database_is_made_from(
+    cli: Cli, env: dict[str, str], demo_db: DemoDatabase, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    """Pre-data from the header's archive, the tenant's COPY streams, then post-data."""
+    tenant = demo_db.tenants[0].id
+    doc = _ok(cli("tenant", "backup", tenant, "--json"))
+    manifest_file = Path(env["BACKUP_LOCAL_PATH"]) / manifest_key_for(doc["copies"][0]["key"])
+    extra = json.loads(manifest_file.read_text())["manifest"]["extra"]
+    header, streams = _decode(env, doc)
+    schema = schema_from_header(header)
+    assert schema is not None and schema.startswith(b"PGDMP")
+    assert extra["schema_included"] is True and extra["schema_bytes"] == len(schema)
+    assert schema_from_header({k: v for k, v in header.items() if k != "schema"}) is None
+    archive = tmp_path / "schema.dump"
+    archive.write_bytes(schema)
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    pg_cluster.create_database(name)
+    try:
+        target = ConnInfo.parse(pg_cluster.url(name))
+        create_pre_data(target, archive)
+        with psycopg.connect(pg_cluster.url(name), autocommit=True) as conn:
+            for index, table in enumerate(header["tables"]):
+                schema_name, table_name = table["name"].split(".")
+                columns = sql.SQL(", ").join(sql.Identifier(c["name"]) for c in table["columns"])
+                query = sql.SQL("COPY {}.{} ({}) FROM STDIN (FORMAT binary)").format(
+                    sql.Identifier(schema_name), sql.Identifier(table_name), columns
+                )
+                with conn.cursor().copy(query) as copy:
+                    copy.write(streams.get(index, b""))
+        create_post_data(target, archive)
+        assert _real_counts(pg_cluster.url(name), tenant) == _real_counts(demo_db.admin_url, tenant)
+        others = demo_db.tenants[1].id
+        assert sum(_real_counts(pg_cluster.url(name), others).values()) == 0
+        flags = pg_cluster.execute(
+            "SELECT bool_and(relrowsecurity), bool_and(relforcerowsecurity), count(*) FROM"
+            " pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'",
+            dbname=name,
+        )
+        assert flags == [(True, True, len(SHOP_TENANT_TABLES))]
+        policies = pg_cluster.execute("SELECT count(*) FROM pg_policies", dbname=name)
+        assert policies == [(len(SHOP_TENANT_TABLES),)]
+    finally:
+        pg_cluster.drop_database(name)

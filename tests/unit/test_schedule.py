@@ -30,6 +30,7 @@ def test_default_beat_entry_is_the_seeds() -> None:
         "daily-prune-backups",
         "daily-heal-backups",
         "strongroom-weekly-tenant-backups",
+        "strongroom-weekly-restore-drill",
     ]
     entry = entries["daily-full-database-backup"]
     assert entry["task"] == "strongroom.tasks.daily_full_database_backup"
@@ -60,6 +61,25 @@ def test_weekly_tenant_backups_run_sunday_at_three_below_the_full_backup() -> No
     assert moved["schedule"] == crontab(day_of_week="sat", hour=1, minute=0)
     off = schedule.beat_schedule({"BACKUP_TENANT_SCHEDULE_HOUR": "off"}, env=NO_ENV)
     assert "strongroom-weekly-tenant-backups" not in off
+
+
+def test_the_weekly_restore_drill_runs_saturday_at_six_below_every_backup() -> None:
+    entries = schedule.beat_schedule({}, env=NO_ENV)
+    entry = entries["strongroom-weekly-restore-drill"]
+    assert entry["task"] == "strongroom.tasks.weekly_restore_drill"
+    assert entry["schedule"] == crontab(day_of_week="sat", hour=6, minute=0)
+    assert entry["options"] == {"queue": "backups", "priority": 5}
+    backups = (entries["daily-full-database-backup"], entries["strongroom-weekly-tenant-backups"])
+    assert all(entry["options"]["priority"] < b["options"]["priority"] for b in backups)
+    moved = schedule.beat_schedule(
+        {"BACKUP_DRILL_SCHEDULE_DAY": "wed", "BACKUP_DRILL_SCHEDULE_HOUR": 7}, env=NO_ENV
+    )["strongroom-weekly-restore-drill"]
+    assert moved["schedule"] == crontab(day_of_week="wed", hour=7, minute=0)
+    off = schedule.beat_schedule({"BACKUP_DRILL_SCHEDULE_HOUR": "off"}, env=NO_ENV)
+    assert "strongroom-weekly-restore-drill" not in off
+    ts = schedule.task_settings({}, env=NO_ENV)
+    assert schedule.time_limits(ts)["strongroom.tasks.weekly_restore_drill"]["time_limit"] > 0
+    assert schedule.task_routes(ts)["strongroom.tasks.weekly_restore_drill"]["queue"] == "backups"
 
 
 def test_maintenance_hours_are_settings_and_can_be_switched_off() -> None:

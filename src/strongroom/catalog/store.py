@@ -695,6 +695,143 @@ def _settle_imported(backup: Backup) -> None:
         backup.status, backup.error = BackupStatus.COMPLETED, ""
 
 
+# -- restore drills ----------------------------------------------------------------------------
+
+
+def _drill_model() -> type[Drill]:
+    _orm()  # sets the catalog up on first use
+    from strongroom.models import Drill
+
+    return Drill
+
+
+def start_drill(
+    *,
+    backup_id: str,
+    kind: str,
+    database: str,
+    target: str,
+    data: Mapping[str, Any] | None = None,
+) -> Drill:
+    """Record a drill as running (``ok`` None), owned by this host and process.
+
+    Recorded before its target exists, so a drill killed at any point leaves a record that
+    names the target the next drill must drop.
+    """
+    Drill = _drill_model()
+    return Drill.objects.create(
+        backup_id=backup_id,
+        kind=kind,
+        database=database,
+        target=target,
+        started_at=_now(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        data=dict(data or {}),
+    )
+
+
+def finish_drill(
+    drill_id: int,
+    *,
+    ok: bool,
+    rto_seconds: float | None = None,
+    mismatches: list[dict[str, Any]] | None = None,
+    error: str = "",
+    data: Mapping[str, Any] | None = None,
+) -> Drill:
+    """A drill's verdict; its backup is marked (``last_drill_at``, ``last_drill_ok``) and logged."""
+    Backup, _, _ = _orm()
+    Drill = _drill_model()
+    with transaction.atomic():
+        drill = Drill.objects.select_for_update().get(pk=drill_id)
+        drill.finished_at, drill.ok, drill.error = _now(), ok, error
+        drill.rto_seconds = rto_seconds
+        drill.mismatches = list(mismatches or [])
+        drill.data = {**(drill.data or {}), **dict(data or {})}
+        drill.save()
+        if drill.backup_id:
+            Backup.objects.filter(id=drill.backup_id).update(
+                last_drill_at=drill.finished_at, last_drill_ok=ok
+            )
+            record_event(
+                drill.backup_id,
+                "drill-passed" if ok else "drill-failed",
+                message=error,
+                data={"drill": drill.pk, "rto_seconds": rto_seconds, "target": drill.target},
+            )
+    return drill
+
+
+def get_drill(drill_id: int) -> Drill:
+    return _drill_model().objects.get(pk=drill_id)
+
+
+def drills_by_target(targets: list[str]) -> dict[str, Drill]:
+    """The newest drill record naming each target (targets no record names are absent)."""
+    found: dict[str, Drill] = {}
+    for drill in _drill_model().objects.filter(target__in=targets).order_by("started_at", "id"):
+        found[drill.target] = drill
+    return found
+
+
+def newest_drills(
+    database: str | None = None,
+    *,
+    kind: str | None = None,
+    backup_id: str | None = None,
+    finished: bool | None = None,
+    passed: bool | None = None,
+    limit: int | None = 20,
+) -> list[Drill]:
+    """Drills newest first: of one database, kind or backup; finished ones; passed or failed."""
+    rows = _drill_model().objects.all()
+    if database:
+        rows = rows.filter(database=database)
+    if kind:
+        rows = rows.filter(kind=kind)
+    if backup_id:
+        rows = rows.filter(backup_id=backup_id)
+    if finished is not None:
+        rows = rows.filter(ok__isnull=not finished)
+    if passed is not None:
+        rows = rows.filter(ok=passed)
+    rows = rows.order_by("-started_at", "-id")
+    return list(rows[:limit] if limit else rows)
+
+
+def restorable_backup_before(
+    database: str | None, before: datetime, backup_types: tuple[str, ...] = ("FULL_DATABASE",)
+) -> bool:
+    """Whether a restorable backup of these types finished before ``before`` (a drill is due)."""
+    Backup, _, _ = _orm()
+    rows = Backup.objects.filter(status__in=RESTORABLE, backup_type__in=backup_types)
+    if database:
+        rows = rows.filter(database=database)
+    return rows.filter(created_at__lt=before).exists()
+
+
+def drill_to_dict(drill: Drill) -> dict[str, Any]:
+    """JSON-ready view of one drill (``drill --json``, metrics, the admin; stable key names)."""
+    return {
+        "id": drill.pk,
+        "backup_id": drill.backup_id,
+        "kind": drill.kind,
+        "database": drill.database,
+        "target": drill.target,
+        "started_at": _iso(drill.started_at),
+        "finished_at": _iso(drill.finished_at),
+        "rto_seconds": drill.rto_seconds,
+        "ok": drill.ok,
+        "status": "RUNNING" if drill.ok is None else ("PASSED" if drill.ok else "FAILED"),
+        "mismatches": list(drill.mismatches or []),
+        "error": drill.error,
+        "host": drill.host,
+        "pid": drill.pid,
+        "data": dict(drill.data or {}),
+    }
+
+
 # -- output ------------------------------------------------------------------------------------
 
 
@@ -728,6 +865,8 @@ def backup_to_dict(backup: Backup, *, with_metadata: bool = False) -> dict[str, 
         "started_at": _iso(backup.started_at),
         "finished_at": _iso(backup.finished_at),
         "verified_at": _iso(backup.verified_at),
+        "last_drill_at": _iso(backup.last_drill_at),
+        "last_drill_ok": backup.last_drill_ok,
         "heartbeat_at": _iso(backup.heartbeat_at),
         "host": backup.host,
         "pid": backup.pid,
@@ -758,13 +897,6 @@ def copy_to_dict(copy: BackupCopy) -> dict[str, Any]:
 # -- overview: metrics and the admin dashboard -------------------------------------------------
 #: Backup types by the short kind the commands, drills and metric labels use.
 TYPE_TO_KIND = {backup_type: kind for kind, backup_type in KIND_TO_TYPE.items()}
-
-
-def _drill_model() -> type[Drill]:
-    _orm()  # sets the catalog up on first use
-    from strongroom.models import Drill
-
-    return Drill
 
 
 def newest_backups(*, restorable: bool, database: str | None = None) -> list[Backup]:
@@ -833,58 +965,8 @@ def newest_event(kind: str) -> BackupEvent | None:
     return Event.objects.filter(kind=kind).order_by("-created_at", "-id").first()
 
 
-def get_drill(drill_id: int) -> Drill:
-    return _drill_model().objects.get(pk=drill_id)
-
-
 def release_connections() -> None:
     """Close this thread's catalog connections (a worker thread's, before it ends)."""
     from django.db import connections
 
     connections.close_all()
-
-
-def start_drill(
-    *,
-    backup_id: str,
-    kind: str,
-    database: str,
-    target: str,
-    data: Mapping[str, Any] | None = None,
-) -> Drill:
-    """Record a drill as running (``ok`` None), owned by this host and process."""
-    return _drill_model().objects.create(
-        backup_id=backup_id,
-        kind=kind,
-        database=database,
-        target=target,
-        started_at=_now(),
-        host=socket.gethostname(),
-        pid=os.getpid(),
-        data=dict(data or {}),
-    )
-
-
-def finish_drill(
-    drill_id: int,
-    *,
-    ok: bool,
-    rto_seconds: float | None = None,
-    mismatches: list[dict[str, Any]] | None = None,
-    error: str = "",
-    data: Mapping[str, Any] | None = None,
-) -> Drill:
-    """A drill's verdict; its backup is marked (``last_drill_at``, ``last_drill_ok``)."""
-    Backup, _, _ = _orm()
-    with transaction.atomic():
-        drill = _drill_model().objects.select_for_update().get(pk=drill_id)
-        drill.finished_at, drill.ok, drill.error = _now(), ok, error
-        drill.rto_seconds = rto_seconds
-        drill.mismatches = list(mismatches or [])
-        drill.data = {**(drill.data or {}), **dict(data or {})}
-        drill.save()
-        if drill.backup_id:
-            Backup.objects.filter(id=drill.backup_id).update(
-                last_drill_at=drill.finished_at, last_drill_ok=ok
-            )
-    return drill

@@ -18,15 +18,22 @@ children, so a restore can insert in this order); each table's chunks concatenat
 
     {"format": "strongroom-tenant/1", "tenant_id": "...",
      "tables": [{"name": "public.tenants", "filter": "id",
-                 "columns": [{"name": "id", "type": "uuid", "identity": ""}, ...]}, ...]}
+                 "columns": [{"name": "id", "type": "uuid", "identity": ""}, ...]}, ...],
+     "schema": "<base64>"}
 
 ``identity`` is PostgreSQL's ``attidentity`` (``a`` for ``GENERATED ALWAYS``: insert with
 ``OVERRIDING SYSTEM VALUE``); stored generated columns are not exported (PostgreSQL recomputes
-them). Nothing here talks to PostgreSQL: the writer frames bytes, the reader splits them.
+them). ``schema`` was added later under the same format name (an additive key that older readers
+ignore): the database's ``pg_dump --schema-only -Fc`` archive, taken in the export's snapshot,
+base64-encoded, so a tenant can be restored into a new, empty database
+(:func:`schema_from_header`; None for exports made before it). Nothing here talks to
+PostgreSQL: the writer frames bytes, the reader splits them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import struct
 from collections.abc import Iterator
@@ -49,6 +56,22 @@ def header_bytes(header: dict[str, Any]) -> bytes:
     """Magic, length and the JSON header; ``header["format"]`` is set to :data:`FORMAT`."""
     body = json.dumps({**header, "format": FORMAT}, sort_keys=True, ensure_ascii=False).encode()
     return MAGIC + _U32.pack(len(body)) + body
+
+
+def encode_schema(archive: bytes) -> str:
+    """The schema-only archive as the header's ``schema`` value."""
+    return base64.b64encode(archive).decode("ascii")
+
+
+def schema_from_header(header: dict[str, Any]) -> bytes | None:
+    """The schema-only pg_dump archive a tenant export carries; None for older exports."""
+    value = header.get("schema")
+    if value is None:
+        return None
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError):
+        raise IntegrityError("the tenant export's schema is not valid base64") from None
 
 
 def chunk_frames(index: int, data: bytes) -> Iterator[bytes]:

@@ -113,11 +113,27 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="leave the servers running at the end")
     _retention_commands(sub)
     _tenant_commands(sub)
+    _drill_command(sub)
     return p
 
 
+def _drill_command(sub: Any) -> None:
+    """``drill [ID|--latest] [--kind full|tenant|base]``: restore into a throwaway database."""
+    dr = sub.add_parser(
+        "drill",
+        help="restore a backup into a throwaway database, compare every table, drop it",
+    )
+    _json(dr)
+    _which(dr)
+    dr.add_argument(
+        "--kind",
+        choices=("full", "tenant", "base"),
+        help="which kind of backup (default: the backup's own; with --latest, full)",
+    )
+
+
 def _tenant_commands(sub: Any) -> None:
-    """``tenant backup ID|--all`` and ``tenant list``: one tenant's rows, under its RLS policy."""
+    """``tenant backup ID|--all``, ``tenant list`` and ``tenant restore ID``: one tenant's rows."""
     t = sub.add_parser("tenant", help="per-tenant backups")
     t_sub = t.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
     tb = t_sub.add_parser(
@@ -130,6 +146,35 @@ def _tenant_commands(sub: Any) -> None:
     tb.add_argument("--no-progress", action="store_true", help="no progress bar")
     tl = t_sub.add_parser("list", help="tenant ids, their rows and newest tenant backup")
     _json(tl)
+    tr = t_sub.add_parser(
+        "restore",
+        help="put one tenant's rows back from a tenant or full backup (the others untouched)",
+    )
+    _json(tr)
+    _which(tr)
+    tr.add_argument(
+        "--target",
+        required=True,
+        metavar="URL",
+        help="the database to restore into: the live one (the tenant's rows are replaced in one "
+        "transaction), or a new or empty one (its schema is created from the backup); put its "
+        "password in PGPASSWORD or a passfile, not here",
+    )
+    tr.add_argument(
+        "--tenant",
+        metavar="TENANT_ID",
+        help="whose rows to take (required with a full backup and with --latest)",
+    )
+    tr.add_argument(
+        "--replace", action="store_true", help="replace the tenant's rows if it still has any"
+    )
+    tr.add_argument(
+        "--from",
+        dest="from_location",
+        metavar="LOCATION",
+        help="restore from this location only (default: first intact copy)",
+    )
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _config_option(p: argparse.ArgumentParser) -> None:
@@ -248,7 +293,7 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
-    from strongroom.interfaces import commands, tenant_commands
+    from strongroom.interfaces import commands, drill_commands, tenant_commands
 
     if args.command == "keygen":
         return commands.keygen(args)
@@ -270,13 +315,14 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
         "heal": commands.heal,
         "catalog": commands.catalog,
         "tenant": tenant_commands.tenant,
+        "drill": drill_commands.drill,
     }
     return handlers[args.command](args, config)
 
 
 #: Commands whose answer depends on what the catalog holds: a catalog created empty just now
 #: (deleted, or a wrong STRONGROOM_CATALOG_URL) must not pass for "no backups" silently.
-_READS_CATALOG = frozenset({"list", "show", "verify", "restore", "prune", "heal"})
+_READS_CATALOG = frozenset({"list", "show", "verify", "restore", "prune", "heal", "drill"})
 
 
 def _open_catalog(args: argparse.Namespace, config: Config) -> None:

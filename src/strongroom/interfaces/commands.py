@@ -57,6 +57,7 @@ def list_backups(args: argparse.Namespace, config: Config) -> int:
 
 def show(args: argparse.Namespace, config: Config) -> int:
     doc = store.backup_to_dict(store.get_backup(args.id))
+    doc["drills"] = [store.drill_to_dict(d) for d in store.newest_drills(backup_id=args.id)]
     if args.json:
         render.emit_json(doc)
     else:

@@ -3,6 +3,11 @@
 Each probe yields one line; none prints a secret. The overall result is non-zero when anything
 required is broken or the newest good backup is older than ``BACKUP_MAX_AGE_HOURS``.
 
+Restore drills (``services/drill.py``, :func:`~strongroom.services.drill.drill_state`): the
+check fails when the newest finished drill failed, or when restorable full backups older than
+``BACKUP_DRILL_MAX_AGE_DAYS`` exist and no drill passed within that age; a fresh install, whose
+backups are all younger, passes.
+
 The catalog is checked, not trusted: ``PRAGMA quick_check`` (SQLite) or a query (PostgreSQL)
 must pass, and an empty catalog beside a location that holds manifests is a warning naming
 ``catalog rebuild --from`` that location (a lost catalog looks exactly like a new one).
@@ -30,6 +35,7 @@ from strongroom.core.manifest import MANIFEST_SUFFIX
 from strongroom.core.storage.base import CheckResult, Location
 from strongroom.errors import BackupNotFound, StrongroomError
 from strongroom.services.backup import reap_dead_runs
+from strongroom.services.drill import drill_state
 from strongroom.services.runtime import build_locations
 
 
@@ -206,6 +212,7 @@ def _catalog_probes(config: Config, now: datetime, locations: _LocationProbes) -
                 False,
             )
         )
+    probes.append(_drill_probe(config, now))
     try:
         database = postgres.ConnInfo.parse(config.database_url).dbname
     except StrongroomError:
@@ -228,3 +235,8 @@ def _catalog_probes(config: Config, now: datetime, locations: _LocationProbes) -
         )
     )
     return probes
+
+
+def _drill_probe(config: Config, now: datetime) -> Probe:
+    state = drill_state(config, now)
+    return Probe("drill", state.ok, state.detail)

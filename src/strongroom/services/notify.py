@@ -246,14 +246,15 @@ def _secrets(config: Config) -> list[str]:
         for name, value in spec.options.items():
             if value and _SECRET_OPTION.search(name) and isinstance(value, str):
                 found.append(value)
-    try:
-        from strongroom.core.postgres import ConnInfo
+    for url in (config.database_url, config.drill_target_url):
+        try:
+            from strongroom.core.postgres import ConnInfo
 
-        password = ConnInfo.parse(config.database_url).params.get("password")
-        if password:
-            found.append(password)
-    except Exception:
-        pass
+            password = ConnInfo.parse(url or "").params.get("password")
+            if password:
+                found.append(password)
+        except Exception:
+            pass
     if config.webhook_url:
         found.append(config.webhook_url)
     return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)

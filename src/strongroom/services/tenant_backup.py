@@ -5,7 +5,9 @@ so an unknown tenant id or a role that cannot read under the RLS policy is one l
 stored. Then, holding the database's lock (one run per database at a time, as the full backup),
 the framed stream goes through ``storing.ObjectUpload`` as ``<db>/tenant/...``: compressed,
 encrypted, hashed, every location, manifest last, catalogued ``TENANT_BACKUP`` with
-``tenant_id`` and its own retention series ``tenant:<id>``. ``--all`` runs each tenant on its
+``tenant_id`` and its own retention series ``tenant:<id>``. The export's header carries the
+database's schema (``pg_dump --schema-only`` in the export's snapshot), so a tenant can also be
+restored into a new database. ``--all`` runs each tenant on its
 own and reports each; one failing tenant does not stop the others.
 """
 
@@ -24,6 +26,7 @@ from strongroom.core.locking import database_lock
 from strongroom.core.manifest import Manifest, database_prefix, object_key_for
 from strongroom.core.pipeline import StreamResult
 from strongroom.core.postgres.tenant_export import (
+    SchemaDump,
     TenantScope,
     TenantSession,
     model_snapshot,
@@ -55,7 +58,8 @@ def run_tenant_backup(
     """Back up one tenant; always leaves a final status once a record exists."""
     runtime = Runtime.build(config)
     target = postgres.ConnInfo.parse(config.database_url)
-    with tenant_session(target, scope_of(config), tenant_id) as session:
+    schema = SchemaDump(timeout=config.pg_dump_timeout, bindir=config.pg_bindir)
+    with tenant_session(target, scope_of(config), tenant_id, schema_dump=schema) as session:
         record = store.start_backup(
             backup_type="TENANT_BACKUP", database=target.dbname, tenant_id=tenant_id, job_id=job_id
         )
@@ -188,6 +192,8 @@ class _TenantRun:
             "shared_tables": [str(t) for t in s.model.shared],
             "linked_tables": [str(t) for t in s.model.linked],
             "roles": s.roles,
+            "schema_included": s.schema is not None,
+            "schema_bytes": len(s.schema or b""),
         }
 
     def _metadata(self, stored: Stored) -> dict[str, Any]:

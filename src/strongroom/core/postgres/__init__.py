@@ -7,6 +7,7 @@
 * ``dump``: the exported snapshot and the pg_dump process.
 * ``restore``: the target database, pg_restore, the restored row counts, undoing a failed run.
 * ``replace``: ``--replace`` as a restore beside the target and a swap of names at the end.
+* ``drill``: the throwaway databases of restore drills (``strongroom_drill_*``).
 * ``roles``: the least-privilege backup role of ``strongroom setup-role``.
 * ``archiver``: ``pg_stat_archiver``, the server's own record of archived WAL.
 
@@ -18,6 +19,13 @@ from __future__ import annotations
 from strongroom.core.postgres.archiver import ArchiverStatus, archiver_status
 from strongroom.core.postgres.binaries import binary_version, find_binary
 from strongroom.core.postgres.conninfo import ConnInfo
+from strongroom.core.postgres.drill import (
+    DRILL_PREFIX,
+    can_create_databases,
+    drill_database_name,
+    drill_databases,
+    drop_drill_database,
+)
 from strongroom.core.postgres.dump import DumpProcess, exported_snapshot, start_dump
 from strongroom.core.postgres.preflight import Preflight, preflight
 from strongroom.core.postgres.replace import Replacement, replacement, swap_in, wait_for_target
@@ -33,6 +41,7 @@ from strongroom.core.postgres.roles import apply_setup_role, setup_role_sql, set
 from strongroom.core.postgres.tables import TableRef, count_rows
 
 __all__ = [
+    "DRILL_PREFIX",
     "ArchiverStatus",
     "ConnInfo",
     "DumpProcess",
@@ -43,7 +52,11 @@ __all__ = [
     "apply_setup_role",
     "archiver_status",
     "binary_version",
+    "can_create_databases",
     "count_rows",
+    "drill_database_name",
+    "drill_databases",
+    "drop_drill_database",
     "exported_snapshot",
     "find_binary",
     "mark_target",

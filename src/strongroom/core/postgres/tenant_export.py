@@ -25,7 +25,7 @@ from psycopg import sql
 
 from strongroom.core import tenant_format
 from strongroom.core.postgres.conninfo import ConnInfo
-from strongroom.core.postgres.dump import exported_snapshot
+from strongroom.core.postgres.dump import exported_snapshot, start_dump
 from strongroom.core.postgres.tenants import (
     TenantModel,
     TenantTable,
@@ -51,6 +51,34 @@ class TenantScope:
     role: str | None = None
 
 
+@dataclass(frozen=True)
+class SchemaDump:
+    """How to take the schema-only archive a tenant backup carries: pg_dump's own settings."""
+
+    timeout: float = 3600.0
+    bindir: str | None = None
+
+    def take(self, target: ConnInfo, snapshot: str) -> bytes:
+        """``pg_dump --schema-only -Fc`` in ``snapshot``: the whole schema, small (kilobytes)."""
+        dump = start_dump(
+            target,
+            snapshot=snapshot,
+            timeout=self.timeout,
+            bindir=self.bindir,
+            extra_args=["--schema-only"],
+        )
+        try:
+            archive = dump.read()
+        except BaseException:
+            dump.kill()
+            raise
+        try:
+            dump.finish()
+        except DumpFailed as exc:
+            raise DumpFailed(f"the schema of the tenant backup: {exc}") from None
+        return archive
+
+
 @contextmanager
 def model_snapshot(
     target: ConnInfo, scope: TenantScope
@@ -74,17 +102,32 @@ class TenantSession:
     #: The roles the tables are read as, by table (``schema.table``).
     roles: dict[str, str]
     server_version: str = ""
+    #: ``pg_dump --schema-only -Fc`` of the database in the export's snapshot (None: not taken).
+    schema: bytes | None = None
 
     def start(self) -> TenantExport:
         return TenantExport(self)
 
     def header(self) -> dict[str, Any]:
-        return {"tenant_id": self.tenant_id, "tables": [t.describe() for t in self.model.tables]}
+        header = {"tenant_id": self.tenant_id, "tables": [t.describe() for t in self.model.tables]}
+        if self.schema is not None:
+            header["schema"] = tenant_format.encode_schema(self.schema)
+        return header
 
 
 @contextmanager
-def tenant_session(target: ConnInfo, scope: TenantScope, tenant_id: str) -> Iterator[TenantSession]:
-    """Open, check and count one tenant's export; ``PreflightError``/``TenantNotFound`` first."""
+def tenant_session(
+    target: ConnInfo,
+    scope: TenantScope,
+    tenant_id: str,
+    *,
+    schema_dump: SchemaDump | None = None,
+) -> Iterator[TenantSession]:
+    """Open, check and count one tenant's export; ``PreflightError``/``TenantNotFound`` first.
+
+    With ``schema_dump``, the database's schema is dumped in the same snapshot, so a tenant
+    backup can be restored into a new database (``header["schema"]``).
+    """
     with model_snapshot(target, scope) as (snapshot, first, model, bypasses):
         conn = target.connect(autocommit=False)
         try:
@@ -98,7 +141,8 @@ def tenant_session(target: ConnInfo, scope: TenantScope, tenant_id: str) -> Iter
                 counts = _counted(conn, model, tenant_id, roles)
             row = first.execute("SELECT current_setting('server_version')").fetchone()
             version = str(row[0]) if row else ""
-            yield TenantSession(tenant_id, model, counts, conn, scope, roles, version)
+            schema = schema_dump.take(target, snapshot) if schema_dump else None
+            yield TenantSession(tenant_id, model, counts, conn, scope, roles, version, schema)
         finally:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
