@@ -16,11 +16,10 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from clisupport import CLI, Cli, clean_environ, command, require_cli
 
 from strongroom.core.crypto import Keyring, generate_key
 from strongroom.core.manifest import Manifest
@@ -36,12 +36,8 @@ from strongroom.sandbox.pgcluster import PgCluster
 
 pytestmark = pytest.mark.integration
 
-CLI = Path(sys.executable).with_name("strongroom")
 SIZES = {"tenants": 2, "customers_per_tenant": 10, "items_per_tenant": 10, "sales_per_tenant": 20}
 TABLES = 5
-_FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
-
-Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +78,10 @@ def webhook() -> Iterator[Webhook]:
 
 @pytest.fixture
 def env(tmp_path: Path, shop: DemoDatabase, webhook: Webhook) -> dict[str, str]:
-    if not CLI.is_file():
-        pytest.fail(f"{CLI} is missing: install the package (pip install -e .)", pytrace=False)
+    require_cli()
     (tmp_path / "local").mkdir()
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)},
+        **clean_environ(),
         "DATABASE_URL": shop.admin_url,
         "BACKUP_ENCRYPTION_KEY": generate_key(),
         "BACKUP_LOCAL_PATH": str(tmp_path / "local"),
@@ -98,17 +93,7 @@ def env(tmp_path: Path, shop: DemoDatabase, webhook: Webhook) -> dict[str, str]:
 
 @pytest.fixture
 def cli(env: dict[str, str]) -> Cli:
-    def run(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(CLI), *args],
-            env={**env, **overrides},
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-
-    return run
+    return command(env, timeout=180)
 
 
 def _json(done: subprocess.CompletedProcess[str], code: int = 0) -> Any:
