@@ -190,6 +190,19 @@ def test_latest_needs_the_tenant_and_human_output_lists_tables(
     assert f"restored tenant {tenant} from tenant backup" in done.stdout
     assert "ok   public.inventory_items" in done.stdout
     assert digests(demo_db.admin_url) == before
+    other = demo_db.tenants[1].id
+    line = _one_error_line(
+        cli("tenant", "restore", "--latest", "--tenant", other, "--target", demo_db.admin_url), 2
+    )
+    assert other in line and "strongroom tenant backup" in line
+    with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:  # the tenant is gone whole
+        conn.execute("DELETE FROM tenants WHERE id = %s", (tenant,))
+    (backup_id,) = {b["id"] for b in _ok(cli("list", "--tenant", tenant, "--json"))}
+    wrong = cli("tenant", "restore", backup_id, "--tenant", other, "--target", demo_db.admin_url)
+    assert f"tenant {tenant}'s, not {other}'s" in _one_error_line(wrong, 2)
+    done = cli("tenant", "restore", backup_id, "--target", demo_db.admin_url, "--json")
+    assert _ok(done)["status"] == "RESTORED"  # nothing left to replace: no --replace needed
+    assert digests(demo_db.admin_url) == before
 
 
 def test_changes_that_trip_a_constraint_fall_back_to_every_row(

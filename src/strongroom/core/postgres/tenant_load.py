@@ -30,6 +30,7 @@ tables, no deletes, then the same checks and sequences.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -254,18 +255,33 @@ def load_tenant(
     """
     with target.connect(autocommit=False) as conn:
         try:
-            if lock_timeout is not None:
-                ms = f"{max(1, round(lock_timeout * 1000))}ms"
-                conn.execute("SELECT set_config('lock_timeout', %s, true)", (ms,))
+            _session_limits(conn, lock_timeout)
             restored = _Load(conn, scope, source, replace, empty, key).run()
             conn.commit()
             return restored
         except psycopg.Error as exc:
-            conn.rollback()
+            _rollback(conn)
             raise _translated(exc, source.tenant_id, lock_timeout) from None
         except BaseException:
-            conn.rollback()
+            _rollback(conn)
             raise
+
+
+def _session_limits(conn: Conn, lock_timeout: float | None) -> None:
+    """Bounded waits for locks; no limit on the restore's own long statements, nor on the pauses
+    between them (a full backup's other tables stream past while the transaction idles), which
+    a role's own ``statement_timeout`` or ``idle_in_transaction_session_timeout`` would impose."""
+    limits = {"statement_timeout": "0", "idle_in_transaction_session_timeout": "0"}
+    if lock_timeout is not None:
+        limits["lock_timeout"] = f"{max(1, round(lock_timeout * 1000))}ms"
+    for name, value in limits.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+
+def _rollback(conn: Conn) -> None:
+    """Roll back if the connection still works; a dead one was rolled back by the server."""
+    with contextlib.suppress(psycopg.Error):
+        conn.rollback()
 
 
 # -- helpers ------------------------------------------------------------------------------------
