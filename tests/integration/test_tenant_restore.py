@@ -238,6 +238,29 @@ def test_changes_that_trip_a_constraint_fall_back_to_every_row(
     assert digests(demo_db.admin_url) == before
 
 
+def test_a_policy_that_forbids_updates_and_deletes_is_not_a_silent_no_op(
+    cli: Cli, demo_db: DemoDatabase
+) -> None:
+    """Under RLS an UPDATE or DELETE that no policy allows changes no row and raises nothing:
+    the restore must notice, not report success over the tenant's changed rows."""
+    tenant = demo_db.tenants[2].id
+    backup = _ok(cli("tenant", "backup", tenant, "--json"))
+    _damage(demo_db.admin_url, tenant)
+    with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:
+        own = "tenant_id = NULLIF(current_setting('app.current_tenant', true), '')::uuid"
+        conn.execute("DROP POLICY tenant_isolation ON customers")
+        conn.execute(f"CREATE POLICY reads ON customers FOR SELECT USING ({own})")
+        conn.execute(f"CREATE POLICY adds ON customers FOR INSERT WITH CHECK ({own})")
+    damaged = digests(demo_db.admin_url)
+    done = cli(
+        "tenant", "restore", backup["id"], "--target", _app_target(demo_db), "--replace",
+        PGPASSWORD=demo_db.app_password,
+    )  # fmt: skip
+    line = _one_error_line(done, 1)
+    assert "in public.customers could not be deleted" in line and "nothing was changed" in line
+    assert digests(demo_db.admin_url) == damaged
+
+
 def test_schema_drift_is_refused_naming_table_and_column(cli: Cli, demo_db: DemoDatabase) -> None:
     tenant = demo_db.tenants[0].id
     backup = _ok(cli("tenant", "backup", tenant, "--json"))
