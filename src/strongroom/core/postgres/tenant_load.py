@@ -31,6 +31,8 @@ tables, no deletes, then the same checks and sequences.
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +55,8 @@ from strongroom.errors import (
 )
 
 Conn = psycopg.Connection[Any]
+
+log = logging.getLogger("strongroom.tenant_restore")
 
 #: Local buffers for the staging tables: the default 8 MB would send a big tenant to disk twice.
 TEMP_BUFFERS = "256MB"
@@ -173,7 +177,10 @@ class _Load:
             raise RestoreError(
                 f"the backup holds {rows.name} twice with different columns; {_NOTHING}"
             )
-        staged.rows += _copy(self.conn, staged.into, names, rows)
+        started = time.monotonic()
+        copied = _copy(self.conn, staged.into, names, rows)
+        staged.rows += copied
+        log.info("%s: %d rows staged in %.2f s", rows.name, copied, time.monotonic() - started)
 
     def _stage_into(self, table: TargetTable, names: tuple[str, ...]) -> sql.Composable:
         if self.empty:
@@ -192,8 +199,12 @@ class _Load:
 
     def _check_staged(self) -> None:
         """Every staged row is the tenant's, and the source's counts are what it promised."""
+        started = time.monotonic()
         for name, staged in self.staged.items():
             self._refuse_foreign_rows(name, staged)
+        log.info(
+            "every staged row is tenant %s's (%.2f s)", self.tenant, time.monotonic() - started
+        )
         expected = self.source.expected_rows
         differ = {
             t: (expected.get(t, 0), self.staged[t].rows if t in self.staged else 0)

@@ -117,9 +117,11 @@ def _primary_keys(conn: Conn, staged: Sequence[Staged]) -> dict[int, tuple[str, 
 def _write_changes(
     conn: Conn, staged: Sequence[Staged], keys: dict[int, tuple[str, ...]], tenant: str
 ) -> dict[str, int]:
+    started = time.monotonic()
     for s in staged:
         if not s.table.is_tenant_table:
             conn.execute(sql.SQL("ANALYZE {}").format(s.into))  # temp tables get no autovacuum
+    log.info("staged rows analyzed in %.2f s", time.monotonic() - started)
     for s in reversed(staged):
         if not s.table.is_tenant_table:
             _timed(conn, "deleted", s, _delete_absent(s, keys[s.table.oid], tenant))
@@ -155,8 +157,10 @@ def _check_same(conn: Conn, s: Staged, key: tuple[str, ...], tenant: str) -> int
         t_key, s_key, t_key, t_key, s_key, _row("t", s.columns), _row("s", s.columns),
         mine, s.into, _same(key),
     )  # fmt: skip
+    started = time.monotonic()
     row = conn.execute(query).fetchone()
     rows, extra, missing, differ = (int(v) for v in row) if row else (0, 0, 0, 0)
+    log.info("%s: %d rows compared in %.2f s", s.table.ref, rows, time.monotonic() - started)
     if extra or missing or differ:
         raise _NotTheSame(
             f"{s.table.ref}: {extra} rows not in the backup, {missing} missing, {differ} "
