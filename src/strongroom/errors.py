@@ -35,6 +35,8 @@ class ExitCode(IntEnum):
     REBUILD_INCOMPLETE = 11
     #: The catalog is damaged or cannot be opened (``catalog rebuild`` is the fix).
     CATALOG = 12
+    #: A one-tenant restore found the target's schema differing from the backup's.
+    SCHEMA_DRIFT = 13
     #: 128 + the signal that stopped the run, as a shell reports it: SIGHUP, SIGINT (Ctrl-C),
     #: SIGTERM (systemd, Docker, Kubernetes, ``timeout``).
     HANGUP = 129
@@ -129,6 +131,22 @@ class TargetBusy(RestoreError):
 
     exit_code = ExitCode.LOCK_BUSY
     transient = True
+
+
+class SchemaDrift(RestoreError):
+    """A tenant table or column of the backup is missing on the target, or has another type.
+
+    Its own code because the fix is a migration (or the backup of the right night), never a
+    retry: the one-tenant restore changes nothing until every table and column matches.
+    """
+
+    exit_code = ExitCode.SCHEMA_DRIFT
+
+
+class TenantRowsMismatch(RestoreError):
+    """The rows a one-tenant restore read differ from the manifest's counts: nothing written."""
+
+    exit_code = ExitCode.RESTORE_MISMATCH
 
 
 class BackupNotFound(StrongroomError):

@@ -21,6 +21,7 @@ def test_the_exit_code_table_keeps_its_numbers() -> None:
         "HEAL_INCOMPLETE": 10,
         "REBUILD_INCOMPLETE": 11,
         "CATALOG": 12,
+        "SCHEMA_DRIFT": 13,
         "HANGUP": 129,
         "INTERRUPTED": 130,
         "TERMINATED": 143,

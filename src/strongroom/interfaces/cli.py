@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _tenant_commands(sub: Any) -> None:
-    """``tenant backup ID|--all`` and ``tenant list``: one tenant's rows, under its RLS policy."""
+    """``tenant backup ID|--all``, ``tenant list`` and ``tenant restore ID``: one tenant's rows."""
     t = sub.add_parser("tenant", help="per-tenant backups")
     t_sub = t.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
     tb = t_sub.add_parser(
@@ -118,6 +118,35 @@ def _tenant_commands(sub: Any) -> None:
     tb.add_argument("--no-progress", action="store_true", help="no progress bar")
     tl = t_sub.add_parser("list", help="tenant ids, their rows and newest tenant backup")
     _json(tl)
+    tr = t_sub.add_parser(
+        "restore",
+        help="put one tenant's rows back from a tenant or full backup (the others untouched)",
+    )
+    _json(tr)
+    _which(tr)
+    tr.add_argument(
+        "--target",
+        required=True,
+        metavar="URL",
+        help="the database to restore into: the live one (the tenant's rows are replaced in one "
+        "transaction), or a new or empty one (its schema is created from the backup); put its "
+        "password in PGPASSWORD or a passfile, not here",
+    )
+    tr.add_argument(
+        "--tenant",
+        metavar="TENANT_ID",
+        help="whose rows to take (required with a full backup and with --latest)",
+    )
+    tr.add_argument(
+        "--replace", action="store_true", help="replace the tenant's rows if it still has any"
+    )
+    tr.add_argument(
+        "--from",
+        dest="from_location",
+        metavar="LOCATION",
+        help="restore from this location only (default: first intact copy)",
+    )
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _config_option(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""The ``strongroom tenant ...`` commands: back up one tenant or all of them, list tenants."""
+"""The ``strongroom tenant ...`` commands: back up one tenant or all, list tenants, restore one."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from strongroom.config import Config
 from strongroom.core.status import BackupStatus
 from strongroom.errors import BackupNotFound, ExitCode
 from strongroom.interfaces import render
-from strongroom.services import tenant_backup
+from strongroom.services import tenant_backup, tenant_restore
 
 
 def tenant(args: argparse.Namespace, config: Config) -> int:
     if args.tenant_command == "list":
         return _list(args, config)
+    if args.tenant_command == "restore":
+        return _restore(args, config)
     if args.all:
         return _backup_all(args, config)
     return _backup_one(args, config)
@@ -95,3 +97,62 @@ def _newest(tenant_id: str) -> dict[str, Any] | None:
         "status": found.status,
         "created_at": store.backup_to_dict(found)["created_at"],
     }
+
+
+def _restore(args: argparse.Namespace, config: Config) -> int:
+    show = not (args.json or args.no_progress)
+    with render.progress("download+verify", show) as update:
+        report = tenant_restore.restore_tenant(
+            config,
+            None if args.latest else args.id,
+            args.target,
+            tenant_id=args.tenant,
+            replace=args.replace,
+            from_location=args.from_location,
+            progress=update,
+        )
+    if args.json:
+        render.emit_json(
+            {
+                "id": report.id,
+                "kind": report.kind,
+                "tenant_id": report.tenant_id,
+                "status": "RESTORED" if report.ok else "MISMATCH",
+                "mode": report.mode,
+                "source": report.source,
+                "target": report.target,
+                "seconds": round(report.seconds, 3),
+                "stages": {name: round(sec, 3) for name, sec in report.stages.items()},
+                "skipped": report.skipped,
+                "tables": {
+                    t: {"expected": e, "restored": a} for t, (e, a) in report.table_rows.items()
+                },
+            }
+        )
+    else:
+        _print_restore(report)
+    if not report.ok:
+        render.err.print(
+            f"strongroom: error: restored row counts differ from the backup's in "
+            f"{len(report.mismatches)} table(s): {', '.join(report.mismatches)}"
+        )
+        return ExitCode.RESTORE_MISMATCH
+    return ExitCode.OK
+
+
+def _print_restore(report: tenant_restore.TenantRestoreReport) -> None:
+    for skipped in report.skipped:
+        render.out.print(f"skipped copy {skipped}", soft_wrap=True)
+    render.out.print(
+        f"restored tenant {report.tenant_id} from {report.kind} backup {report.id} "
+        f"({report.source}) into {report.target}, {report.mode}, in {report.seconds:.1f}s ("
+        + ", ".join(f"{name} {sec:.1f}s" for name, sec in report.stages.items())
+        + ")",
+        soft_wrap=True,
+    )
+    for table, (expected, actual) in report.table_rows.items():
+        mark = "ok  " if expected == actual else "DIFF"
+        render.out.print(
+            f"  {mark} {table:<40} {expected:>10} rows in backup, "
+            f"{actual if actual is not None else '-':>10} restored"
+        )

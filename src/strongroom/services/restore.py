@@ -26,7 +26,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,7 +87,7 @@ def restore_backup(
     """Restore ``backup_id`` (or the latest restorable backup) into ``target_url``."""
     runtime = Runtime.build(config)
     target = postgres.ConnInfo.parse(target_url)
-    wait = _lock_timeout(config)
+    wait = lock_timeout(config)
     if replace:
         # refuse a busy target (or a role that cannot make the new database) before downloading
         swap = postgres.wait_for_target(target, timeout=wait, terminate=terminate_sessions)
@@ -98,10 +98,10 @@ def restore_backup(
     passed_over: list[str] = []
     copies = find_copies(runtime, backup_id, from_location, passed_over)
     run = _Run(config, target, jobs or config.restore_jobs, time.monotonic())
-    scratch = _scratch(scratch_dir or config.restore_scratch_dir)
+    scratch = make_scratch(scratch_dir or config.restore_scratch_dir)
     try:
         archive = scratch / "archive.dump"
-        copy, manifest, skipped = _fetch(runtime, copies, archive, progress, scratch)
+        copy, manifest, skipped = fetch_verified(runtime, copies, archive, progress, scratch)
         run.stage("fetch", run.started)
         if swap:
             actual, replaced = _replace(run, archive, manifest, wait, terminate_sessions)
@@ -141,7 +141,8 @@ class _Run:
         return now
 
 
-def _lock_timeout(config: Config) -> float:
+def lock_timeout(config: Config) -> float:
+    """``BACKUP_RESTORE_LOCK_TIMEOUT``, checked: how long a restore waits for others."""
     value = config.restore_lock_timeout
     if not math.isfinite(value) or value < 0:
         raise ConfigError(
@@ -150,15 +151,17 @@ def _lock_timeout(config: Config) -> float:
     return value
 
 
-def _fetch(
+def fetch_verified(
     runtime: Runtime,
     copies: list[CopyRef],
     archive: Path,
     progress: Callable[[int], None] | None,
     scratch: Path,
+    kinds: Collection[str] = ("full",),
 ) -> tuple[CopyRef, Manifest, list[str]]:
+    """The first copy that proves whole, decrypted into ``archive``; the ones passed over."""
     try:
-        return _fetch_first_intact(runtime, copies, archive, progress)
+        return _fetch_first_intact(runtime, copies, archive, progress, kinds)
     except OSError as exc:
         raise RestoreError(
             f"cannot write the verified archive to {scratch}: {exc.strerror or exc}; point "
@@ -174,11 +177,11 @@ def _into_empty(run: _Run, archive: Path) -> dict[str, int]:
     try:
         postgres.run_restore(archive, run.target, jobs=run.jobs, bindir=run.config.pg_bindir)
     except RestoreError as exc:
-        _undo(run.target, mark)
+        undo_target(run.target, mark)
         undone = "dropped again" if mark is None else "emptied again"
         raise RestoreError(f"{exc}; the target database was {undone}") from None
     except BaseException:
-        _undo(run.target, mark)
+        undo_target(run.target, mark)
         raise
     since = run.stage("pg_restore", since)
     actual = postgres.target_row_counts(run.target)
@@ -186,8 +189,9 @@ def _into_empty(run: _Run, archive: Path) -> dict[str, int]:
     return actual
 
 
-def _undo(target: postgres.ConnInfo, mark: postgres.TargetMark | None) -> None:
-    """Best effort: the error that stopped pg_restore is the one the operator must see."""
+def undo_target(target: postgres.ConnInfo, mark: postgres.TargetMark | None) -> None:
+    """Drop (``mark`` None) or empty again a target a failed restore wrote into; best effort:
+    the error that stopped the restore is the one the operator must see."""
     try:
         postgres.undo_restore(target, mark)
     except (StrongroomError, psycopg.Error) as exc:
@@ -221,7 +225,7 @@ def _replace(
     return actual, True
 
 
-def _scratch(parent: str | None) -> Path:
+def make_scratch(parent: str | None) -> Path:
     """A private (0700) directory for the archive; a bad parent is one clear line."""
     try:
         return Path(tempfile.mkdtemp(prefix="strongroom-restore-", dir=parent))
@@ -237,6 +241,7 @@ def _fetch_first_intact(
     copies: list[CopyRef],
     archive: Path,
     progress: Callable[[int], None] | None,
+    kinds: Collection[str],
 ) -> tuple[CopyRef, Manifest, list[str]]:
     """Try each copy in order; the first that verifies whole wins. Falls back on any failure."""
     skipped: list[str] = []
@@ -251,7 +256,7 @@ def _fetch_first_intact(
                     expected_sha256=copy.expected_sha256,
                     sink=out.write,
                     progress=progress,
-                    kinds=("full",),
+                    kinds=kinds,
                 )
             return copy, manifest, skipped
         except (WrongKeyError, WrongBackupKind):
