@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -63,6 +64,17 @@ from strongroom.sandbox.demo_data import APP_ROLE, populate_to_size
 from strongroom.sandbox.pgcluster import PgCluster
 
 TENANTS = 10
+#: Server statements at least this long are logged and summed per kind and table.
+LOG_MIN_MS = 100
+_DURATION = re.compile(r"duration: ([\d.]+) ms  (?:statement|execute [^:]*): (.*)")
+_KINDS = (
+    ("CREATE INDEX", re.compile(r"CREATE (?:UNIQUE )?INDEX \S+ ON (?:ONLY )?(\S+)")),
+    ("ADD CONSTRAINT", re.compile(r"ALTER TABLE (?:ONLY )?(\S+)")),
+    ("COPY", re.compile(r"COPY (\S+)")),
+    ("DELETE", re.compile(r"DELETE FROM (?:ONLY )?(\S+)")),
+    ("INSERT", re.compile(r"INSERT INTO (\S+)")),
+    ("UPDATE", re.compile(r"UPDATE (?:ONLY )?(\S+)")),
+)
 BEGIN = "<!-- tenant benchmark: begin (bench/tenant_run.py rewrites this section) -->"
 END = "<!-- tenant benchmark: end -->"
 
@@ -88,7 +100,8 @@ class Results:
     reports: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, name: str, run: Measured, report: dict[str, Any]) -> None:
+    def add(self, name: str, run: Measured, report: dict[str, Any], bench: TenantBench) -> None:
+        report = {**report, "server_statements": bench.statements}
         self.runs.setdefault(name, []).append(run)
         self.reports.setdefault(name, []).append(report)
         cpu = ", ".join(f"{k} {v:.1f}" for k, v in cpu_split(run).items())
@@ -113,6 +126,21 @@ class Results:
         return {k: statistics.median(float(s.get(k, 0.0)) for s in found) for k in keys}
 
 
+def statement_seconds(log_text: str) -> dict[str, float]:
+    """Seconds of logged server statements by ``KIND table`` (the others as ``other``)."""
+    totals: dict[str, float] = {}
+    for match in _DURATION.finditer(log_text):
+        seconds, statement = float(match.group(1)) / 1000, match.group(2).strip()
+        label = "other"
+        for kind, pattern in _KINDS:
+            found = pattern.match(statement)
+            if found:
+                label = f"{kind} {found.group(1).replace(chr(34), '')}"
+                break
+        totals[label] = totals.get(label, 0.0) + seconds
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
 def cpu_split(run: Measured) -> dict[str, float]:
     """CPU seconds of the command's programs by name, the rest of its tree, and the server."""
     by_name = run.cpu_by_name()
@@ -133,6 +161,7 @@ class TenantBench(Bench):
     def __init__(self, cluster: PgCluster, work: Path) -> None:
         super().__init__(cluster, None, work)  # type: ignore[arg-type]
         self.tenant = ""
+        self.statements: dict[str, float] = {}
 
     def create(self, target: int) -> int:
         """run.py's database and backup role, which may also take the tables' owner role (the
@@ -174,6 +203,22 @@ class TenantBench(Bench):
 
     def cli(self, args: Sequence[str]) -> tuple[Measured, dict[str, Any]]:
         return self.strongroom(args, "local")
+
+    def log_statements(self) -> None:
+        """Log every server statement of ``LOG_MIN_MS`` or more, for the per-stage breakdown."""
+        self.cluster.execute(f"ALTER SYSTEM SET log_min_duration_statement = {LOG_MIN_MS}")
+        self.cluster.execute("SELECT pg_reload_conf()")
+
+    def _measure(
+        self, argv: Sequence[str], *, env: Mapping[str, str], stdout_path: Path | None = None
+    ) -> Measured:
+        """run.py's measurement, plus the server statements it caused (seconds by kind)."""
+        offset = self.cluster.log_file.stat().st_size
+        run = super()._measure(argv, env=env, stdout_path=stdout_path)
+        with self.cluster.log_file.open("rb") as log_file:
+            log_file.seek(offset)
+            self.statements = statement_seconds(log_file.read().decode("utf-8", "replace"))
+        return run
 
     def tenant_share(self) -> dict[str, Any]:
         """The measured tenant's rows against every tenant's, per table and in all."""
@@ -220,6 +265,98 @@ class TenantBench(Bench):
             )
 
 
+#: The demo's tenant tables, parents first, with their key.
+CHILD_TABLES = ("customers", "inventory_items", "sales", "sale_items")
+
+
+def probe_replace(bench: TenantBench, rounds: int) -> dict[str, list[dict[str, float]]]:
+    """What replacing a spoiled tenant costs the server, two ways, each rolled back.
+
+    ``replace all`` is what a loader that deletes the tenant's rows and inserts the backup's
+    does; ``diff`` deletes only rows the backup lacks, inserts only rows the target lacks and
+    updates only rows that differ, each one set-based statement per table. The backup's rows
+    stand in as unlogged copies taken before the spoiling (the loader's staged tables).
+    """
+    tables = CHILD_TABLES
+    with psycopg.connect(bench.cluster.url(DB), autocommit=True) as conn:
+        for t in tables:
+            conn.execute(
+                sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT * FROM {} WHERE tenant_id = %s").format(
+                    sql.Identifier(f"probe_{t}"), sql.Identifier(t)
+                ),
+                (bench.tenant,),
+            )
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(f"probe_{t}")))
+    bench.spoil_tenant()
+    found: dict[str, list[dict[str, float]]] = {"replace all": [], "diff": []}
+    for _ in range(rounds):
+        for way in found:
+            found[way].append(_probe_once(bench, way, tables))
+            log(f"  probe {way}: {found[way][-1]}")
+    with psycopg.connect(bench.cluster.url(DB), autocommit=True) as conn:
+        for t in tables:
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(f"probe_{t}")))
+    return found
+
+
+def _probe_once(bench: TenantBench, way: str, tables: Sequence[str]) -> dict[str, float]:
+    bench.quiesce()
+    before, began = bench.server_cpu()["postgres"], time.perf_counter()
+    with psycopg.connect(bench.cluster.url(DB), autocommit=False) as conn:
+        for statement in _probe_statements(way, tables):
+            conn.execute(statement, {"t": bench.tenant})
+        conn.rollback()
+    wall = time.perf_counter() - began
+    return {"wall": round(wall, 2), "server_cpu": round(bench.server_cpu()["postgres"] - before, 2)}
+
+
+def _probe_statements(way: str, tables: Sequence[str]) -> list[sql.Composed]:
+    out: list[sql.Composed] = []
+    mine = sql.SQL("tenant_id = %(t)s")
+    for t in reversed(tables):  # children first
+        table, kept = sql.Identifier(t), sql.Identifier(f"probe_{t}")
+        if way == "replace all":
+            out.append(sql.SQL("DELETE FROM {} WHERE {}").format(table, mine))
+        else:
+            out.append(
+                sql.SQL(
+                    "DELETE FROM {} x WHERE {}"
+                    " AND NOT EXISTS (SELECT 1 FROM {} k WHERE k.id = x.id)"
+                ).format(table, mine, kept)
+            )
+    for t in tables:  # parents first
+        table, kept = sql.Identifier(t), sql.Identifier(f"probe_{t}")
+        if way == "replace all":
+            out.append(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(table, kept))
+        else:
+            out.append(
+                sql.SQL(
+                    "INSERT INTO {} SELECT k.* FROM {} k"
+                    " WHERE NOT EXISTS (SELECT 1 FROM {} x WHERE x.id = k.id)"
+                ).format(table, kept, table)
+            )
+    if way == "diff":
+        for t in tables:
+            out.append(_probe_update(t))
+    return out
+
+
+def _probe_update(t: str) -> sql.Composed:
+    """``UPDATE`` the rows whose columns differ from the kept copy's (matched by id)."""
+    columns = {
+        "customers": ("name", "email", "phone", "loyalty_points", "created_at"),
+        "inventory_items": ("sku", "name", "karat", "weight_grams", "cost_price", "sale_price",
+                            "quantity", "attributes", "photo", "created_at"),
+        "sales": ("customer_id", "sold_at", "total", "status", "notes"),
+        "sale_items": ("sale_id", "item_id", "quantity", "unit_price"),
+    }[t]  # fmt: skip
+    sets = sql.SQL(", ").join(sql.SQL("{0} = k.{0}").format(sql.Identifier(c)) for c in columns)
+    return sql.SQL(
+        "UPDATE {} x SET {} FROM {} k WHERE x.id = k.id AND x.tenant_id = %(t)s"
+        " AND ROW(x.*) IS DISTINCT FROM ROW(k.*)"
+    ).format(sql.Identifier(t), sets, sql.Identifier(f"probe_{t}"))
+
+
 def tenant_restore(bench: TenantBench, args: Sequence[str], before: Mapping[str, str]) -> Any:
     bench.spoil_tenant()
     run, doc = bench.cli(
@@ -234,14 +371,15 @@ def tenant_restore(bench: TenantBench, args: Sequence[str], before: Mapping[str,
     return run, doc
 
 
-def measure_all(bench: TenantBench, repeats: int) -> Results:
+def measure_all(bench: TenantBench, repeats: int, probe: bool) -> Results:
     result = Results(bench.db_size())
     bench.dump_floor()  # warm-up, not counted
     before = bench.digests()
+    bench.log_statements()
     for index in range(repeats):
         log(f"round {index + 1} of {repeats}")
         run, full = bench.backup("local")
-        result.add("full_backup", run, full)
+        result.add("full_backup", run, full, bench)
         name = bench.new_target()
         args = [
             "restore",
@@ -257,18 +395,20 @@ def measure_all(bench: TenantBench, repeats: int) -> Results:
         bench.drop(name)
         if doc.get("status") != "RESTORED":
             raise RuntimeError(f"full restore of {full['id']}: {doc.get('status')}")
-        result.add("full_restore", run, doc)
+        result.add("full_restore", run, doc, bench)
         run, tb = bench.cli(["tenant", "backup", bench.tenant])
         if tb.get("status") != "COMPLETED":
             raise RuntimeError(f"tenant backup: {tb.get('status')}: {tb.get('error')}")
-        result.add("tenant_backup", run, tb)
-        result.add("tenant_restore", *tenant_restore(bench, [tb["id"]], before))
-        result.add(
-            "extract_restore",
-            *tenant_restore(bench, [full["id"], "--tenant", bench.tenant], before),
-        )
+        result.add("tenant_backup", run, tb, bench)
+        run, doc = tenant_restore(bench, [tb["id"]], before)
+        result.add("tenant_restore", run, doc, bench)
+        run, doc = tenant_restore(bench, [full["id"], "--tenant", bench.tenant], before)
+        result.add("extract_restore", run, doc, bench)
+    if probe:
+        log("probe: replacing the spoiled tenant, all rows against only the differences")
+        result.info["probe"] = probe_replace(bench, 2)
     last_full, last_tenant = result.reports["full_backup"][-1], result.reports["tenant_backup"][-1]
-    result.info = {
+    result.info |= {
         "full_raw_dump_bytes": last_full.get("raw_size_bytes"),
         "full_stored_bytes": last_full.get("size_bytes"),
         "tenant_raw_bytes": last_tenant.get("raw_size_bytes"),
@@ -314,6 +454,42 @@ def stage_lines(result: Results) -> list[str]:
     return lines
 
 
+def statement_lines(result: Results) -> list[str]:
+    """Where the server's time went: logged statements, median seconds per run, largest first."""
+    lines = [
+        f"| measurement | server statements of ≥ {LOG_MIN_MS} ms (median s per run) |",
+        "|---|---|",
+    ]
+    for name, (label, _, _) in STEPS.items():
+        runs = [r.get("server_statements") or {} for r in result.reports.get(name, [])]
+        keys = {k for r in runs for k in r}
+        medians = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
+        top = sorted(medians.items(), key=lambda kv: -kv[1])
+        shown = [f"{k} {v:.1f}" for k, v in top if v >= 0.2][:8]
+        if shown:
+            total = sum(medians.values())
+            lines.append(f"| {label} | {', '.join(shown)} (all logged: {total:.1f}) |")
+    return lines
+
+
+def probe_lines(result: Results) -> list[str]:
+    probe = result.info.get("probe")
+    if not probe:
+        return []
+    lines = [
+        "Replacing the spoiled tenant's rows, server side only, each in one transaction rolled "
+        "back (the backup's rows pre-staged, as the loader's temporary tables are):",
+        "",
+        "| way | wall s (runs) | server CPU s (runs) |",
+        "|---|---|---|",
+    ]
+    for way, runs in probe.items():
+        walls = ", ".join(f"{r['wall']:.1f}" for r in runs)
+        cpus = ", ".join(f"{r['server_cpu']:.1f}" for r in runs)
+        lines.append(f"| {way} | {walls} | {cpus} |")
+    return [*lines, ""]
+
+
 def section(result: Results, info: Mapping[str, Any], command: str) -> str:
     m = info["machine"]
     share = info["share"]["all"]
@@ -346,6 +522,9 @@ def section(result: Results, info: Mapping[str, Any], command: str) -> str:
         "",
         *stage_lines(result),
         "",
+        *statement_lines(result),
+        "",
+        *probe_lines(result),
         END,
     ]
     return "\n".join(lines)
@@ -393,6 +572,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--size-gb", type=float, default=1.0, help="database size in GiB (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="rounds (default 3)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--no-probe", action="store_true", help="skip the replace-all/diff probe")
     p.add_argument("--workdir", type=Path, default=None, help="parent of the temporary directory")
     return p.parse_args(argv)
 
@@ -415,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.tenant = str(rows[0][0])
         info["share"] = bench.tenant_share()
         log(f"tenant {bench.tenant}: {info['share']['all'][2]:.1%} of the rows")
-        result = measure_all(bench, args.repeats)
+        result = measure_all(bench, args.repeats, not args.no_probe)
         info.update(
             date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             minutes=(time.monotonic() - started) / 60,
@@ -424,6 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print("\n".join(table_lines(result)))
         print("\n".join(stage_lines(result)))
+        print("\n".join(statement_lines(result)))
+        print("\n".join(probe_lines(result)))
         write_report(args.out, result, info, command)
         log(f"wrote {args.out} and {args.out.with_name('benchmarks-tenant.json')}")
     return 0
