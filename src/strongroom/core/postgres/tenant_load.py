@@ -89,6 +89,8 @@ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
 
 @dataclass
 class _Load:
+    """One load's state: the target's tenant tables (parents first) and what was staged."""
+
     conn: Conn
     scope: TenantScope
     source: TenantRows
@@ -147,6 +149,8 @@ class _Load:
         return self.tables.get(name)
 
     def _refuse_existing_rows(self, model: TenantModel) -> None:
+        if self.replace:
+            return
         found = {}
         for table in model.tables:
             query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
@@ -155,7 +159,7 @@ class _Load:
             row = self.conn.execute(query).fetchone()
             if row and row[0]:
                 found[str(table.ref)] = int(row[0])
-        if found and not self.replace:
+        if found:
             where = ", ".join(f"{n} in {t}" for t, n in found.items())
             raise TargetNotEmpty(
                 f"tenant {self.tenant} still has {sum(found.values())} rows in the target "
