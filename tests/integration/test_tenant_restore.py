@@ -672,10 +672,11 @@ def test_export_into_new_databases_holds_exactly_one_tenant(
     backup = _ok(cli("tenant", "backup", tenant, "--json"))
     full = _ok(cli("backup", "--json"))
     expected = _of(digests(demo_db.admin_url), tenant)
-    for source, extra in ((backup["id"], ()), (full["id"], ("--tenant", tenant))):
+    for source, extra in ((backup["id"], ()), (full["id"], ("--tenant", tenant.upper()))):
         url = new_db()
         report = _ok(cli("tenant", "restore", source, "--target", url, *extra, "--json"))
         assert (report["mode"], report["status"]) == ("new database", "RESTORED"), source
+        assert report["tenant_id"] == tenant
         assert digests(url) == expected, source
         with psycopg.connect(url, autocommit=True) as conn:
             policies = conn.execute("SELECT count(*) FROM pg_policies").fetchone()
