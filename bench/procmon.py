@@ -31,6 +31,8 @@ class ProcPeak:
     name: str
     depth: int
     hwm_kib: int = 0
+    #: The process's own user + system CPU seconds at its last sample (children excluded).
+    cpu_seconds: float = 0.0
 
 
 @dataclass
@@ -58,6 +60,13 @@ class Measured:
         """Peak RSS of the command's own process, in bytes."""
         roots = [p.hwm_kib for p in self.peaks.values() if p.depth == 0]
         return max(roots, default=0) * 1024
+
+    def cpu_by_name(self) -> dict[str, float]:
+        """CPU seconds of the command's processes, summed per program name (last samples)."""
+        totals: dict[str, float] = {}
+        for peak in self.peaks.values():
+            totals[peak.name] = totals.get(peak.name, 0.0) + peak.cpu_seconds
+        return totals
 
     def rss_of(self, name: str) -> int:
         """Peak RSS of the largest descendant called ``name`` (e.g. ``pg_dump``), in bytes."""
@@ -90,6 +99,16 @@ def _status(pid: int) -> tuple[str, int] | None:
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` itself; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def tree_cpu(pid: int) -> float:
@@ -141,6 +160,9 @@ class _Poller(threading.Thread):
                 # whose memory starts afresh; count only the program it became
                 peak.name, peak.hwm_kib = name, 0
             peak.hwm_kib = max(peak.hwm_kib, hwm)
+            cpu = own_cpu(pid)
+            if cpu is not None:
+                peak.cpu_seconds = max(peak.cpu_seconds, cpu)
             stack.extend((child, depth + 1) for child in _children(pid))
 
 

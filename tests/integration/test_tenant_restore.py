@@ -190,6 +190,19 @@ def test_latest_needs_the_tenant_and_human_output_lists_tables(
     assert f"restored tenant {tenant} from tenant backup" in done.stdout
     assert "ok   public.inventory_items" in done.stdout
     assert digests(demo_db.admin_url) == before
+    other = demo_db.tenants[1].id
+    line = _one_error_line(
+        cli("tenant", "restore", "--latest", "--tenant", other, "--target", demo_db.admin_url), 2
+    )
+    assert other in line and "strongroom tenant backup" in line
+    with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:  # the tenant is gone whole
+        conn.execute("DELETE FROM tenants WHERE id = %s", (tenant,))
+    (backup_id,) = {b["id"] for b in _ok(cli("list", "--tenant", tenant, "--json"))}
+    wrong = cli("tenant", "restore", backup_id, "--tenant", other, "--target", demo_db.admin_url)
+    assert f"tenant {tenant}'s, not {other}'s" in _one_error_line(wrong, 2)
+    done = cli("tenant", "restore", backup_id, "--target", demo_db.admin_url, "--json")
+    assert _ok(done)["status"] == "RESTORED"  # nothing left to replace: no --replace needed
+    assert digests(demo_db.admin_url) == before
 
 
 def test_changes_that_trip_a_constraint_fall_back_to_every_row(
@@ -223,6 +236,29 @@ def test_changes_that_trip_a_constraint_fall_back_to_every_row(
     assert done.returncode == 0, done.stderr
     assert "writing every row" in done.stderr
     assert digests(demo_db.admin_url) == before
+
+
+def test_a_policy_that_forbids_updates_and_deletes_is_not_a_silent_no_op(
+    cli: Cli, demo_db: DemoDatabase
+) -> None:
+    """Under RLS an UPDATE or DELETE that no policy allows changes no row and raises nothing:
+    the restore must notice, not report success over the tenant's changed rows."""
+    tenant = demo_db.tenants[2].id
+    backup = _ok(cli("tenant", "backup", tenant, "--json"))
+    _damage(demo_db.admin_url, tenant)
+    with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:
+        own = "tenant_id = NULLIF(current_setting('app.current_tenant', true), '')::uuid"
+        conn.execute("DROP POLICY tenant_isolation ON customers")
+        conn.execute(f"CREATE POLICY reads ON customers FOR SELECT USING ({own})")
+        conn.execute(f"CREATE POLICY adds ON customers FOR INSERT WITH CHECK ({own})")
+    damaged = digests(demo_db.admin_url)
+    done = cli(
+        "tenant", "restore", backup["id"], "--target", _app_target(demo_db), "--replace",
+        PGPASSWORD=demo_db.app_password,
+    )  # fmt: skip
+    line = _one_error_line(done, 1)
+    assert "in public.customers could not be deleted" in line and "nothing was changed" in line
+    assert digests(demo_db.admin_url) == damaged
 
 
 def test_schema_drift_is_refused_naming_table_and_column(cli: Cli, demo_db: DemoDatabase) -> None:
@@ -636,10 +672,11 @@ def test_export_into_new_databases_holds_exactly_one_tenant(
     backup = _ok(cli("tenant", "backup", tenant, "--json"))
     full = _ok(cli("backup", "--json"))
     expected = _of(digests(demo_db.admin_url), tenant)
-    for source, extra in ((backup["id"], ()), (full["id"], ("--tenant", tenant))):
+    for source, extra in ((backup["id"], ()), (full["id"], ("--tenant", tenant.upper()))):
         url = new_db()
         report = _ok(cli("tenant", "restore", source, "--target", url, *extra, "--json"))
         assert (report["mode"], report["status"]) == ("new database", "RESTORED"), source
+        assert report["tenant_id"] == tenant
         assert digests(url) == expected, source
         with psycopg.connect(url, autocommit=True) as conn:
             policies = conn.execute("SELECT count(*) FROM pg_policies").fetchone()

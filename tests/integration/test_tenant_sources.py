@@ -235,7 +235,9 @@ def test_a_tenant_the_backup_does_not_hold_is_one_line(
 
 def test_stopping_early_ends_pg_restore(shop_dump: Path, demo_db: DemoDatabase) -> None:
     target = ConnInfo.parse(demo_db.admin_url)
-    with dump_tenant_rows(shop_dump, target, SHOP, demo_db.tenants[0].id) as source:
+    tenant = demo_db.tenants[0].id
+    with dump_tenant_rows(shop_dump, target, SHOP, tenant.upper()) as source:
+        assert source.tenant_id == tenant  # the uuid's own text form, known before any row
         first = next(iter(source.tables()))
         assert first.name == "public.tenants"
         proc = source.proc
@@ -259,25 +261,24 @@ def test_a_damaged_archive_is_one_line_with_pg_restores_reason(
     assert "pg_restore" in message and "\n" not in message
 
 
-def test_a_full_backups_schema_then_one_tenant_make_a_forced_rls_copy(
+def test_pre_data_then_one_tenant_then_post_data_make_a_forced_rls_copy(
     own_db: str, empty_db: str, tmp_path: Path
 ) -> None:
-    """Into a new database: both sections first (the tenant model needs the primary keys the
-    post-data section adds), then the tenant's rows staged and inserted as a loader does."""
+    """Into a new database as a loader does it: the extraction opened while the target is
+    still empty, the tables made, the rows staged and inserted (the tenant table's key taken
+    from the archive, the target has no keys yet), then indexes, keys and policies."""
     archive = _full_dump(own_db, tmp_path / "own.dump")
     target = ConnInfo.parse(empty_db)
-    create_pre_data(target, archive)
-    with psycopg.connect(empty_db, autocommit=True) as conn:
+    with (
+        dump_tenant_rows(archive, target, OWN, "a") as source,
+        psycopg.connect(empty_db, autocommit=False) as conn,
+    ):
+        create_pre_data(target, archive)
         forced = conn.execute(
             "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class"
             " WHERE relname IN ('accounts', 'events') ORDER BY 1"
         ).fetchall()
         assert forced == [("accounts", False, True), ("events", False, True)]
-    create_post_data(target, archive)
-    with (
-        dump_tenant_rows(archive, target, OWN, "a") as source,
-        psycopg.connect(empty_db, autocommit=False) as conn,
-    ):
         for rows in source.tables():
             identity = any(c.identity == "a" for c in rows.columns)
             columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in rows.columns)
@@ -294,6 +295,8 @@ def test_a_full_backups_schema_then_one_tenant_make_a_forced_rls_copy(
                 )
             )
         conn.commit()
+        assert source.expected_rows == {"public.accounts": 1, "public.events": 20}
+    create_post_data(target, archive)
     with psycopg.connect(empty_db, autocommit=True) as conn:
         forced = conn.execute(
             "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class"

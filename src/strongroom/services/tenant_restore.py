@@ -9,9 +9,8 @@ fetch is ``services/restore.py``'s). Then:
 * **In place** (the target holds the schema and every other tenant): one transaction replaces
   the tenant's rows (``core/postgres/tenant_load.py``); any failure rolls it back.
 * **Into a new or empty database**: the database is created if missing and the backup's schema
-  created in it (``core/postgres/tenant_schema.py``): for a tenant backup the tables first, the
-  tenant's rows copied straight in, then indexes, keys and policies; for a full backup the whole
-  schema first (picking the tenant's rows needs the target's keys), then the load as in place.
+  created in it (``core/postgres/tenant_schema.py``): the tables first, the tenant's rows
+  copied straight in, then indexes, keys and policies.
   A failure drops a database this run created, or empties an existing one again, as the full
   restore does.
 
@@ -165,32 +164,34 @@ class _Load:
             return restored, rows.expected_rows
 
     def into_new(self) -> tuple[dict[str, int], dict[str, int]]:
-        """The schema from the backup, then the tenant's rows; a failure is undone.
-
-        A tenant backup's rows go in before the keys and indexes (the fast path: one COPY per
-        table, then post-data). Rows out of a full backup are picked by the target's tenant
-        model, which needs the primary keys: both schema sections run first.
-        """
+        """The backup's tables, the tenant's rows copied straight in, then its indexes, keys and
+        policies (pg_restore's pre-data and post-data sections); a failure is undone."""
         if self.manifest.kind == "full":
             with self._new_database():
                 tenant_schema.create_pre_data(self.target, self.archive, bindir=self.bindir)
+                with self._rows() as rows:  # the extraction reads the new tables' model
+                    restored = self._load_empty(rows)
+                    self.tenant = rows.tenant_id  # as the key's type prints it, once read
                 tenant_schema.create_post_data(self.target, self.archive, bindir=self.bindir)
-                return self.in_place()
+            return restored, rows.expected_rows
         with self._rows() as rows:
             schema = self._schema_archive(rows)
             with self._new_database():
                 tenant_schema.create_pre_data(self.target, schema, bindir=self.bindir)
-                restored = load_tenant(
-                    self.target,
-                    self.scope,
-                    rows,
-                    replace=True,
-                    empty=True,
-                    key=self._tenant_key(),
-                    lock_timeout=self.wait,
-                )
+                restored = self._load_empty(rows)
                 tenant_schema.create_post_data(self.target, schema, bindir=self.bindir)
             return restored, rows.expected_rows
+
+    def _load_empty(self, rows: TenantRows) -> dict[str, int]:
+        return load_tenant(
+            self.target,
+            self.scope,
+            rows,
+            replace=True,
+            empty=True,
+            key=self._tenant_key(),
+            lock_timeout=self.wait,
+        )
 
     @property
     def bindir(self) -> str | None:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -39,7 +40,7 @@ from strongroom.core.postgres.tables import SYSTEM_SCHEMAS
 from strongroom.core.postgres.tenant_export import TenantScope
 from strongroom.core.postgres.tenant_rows import TableRows
 from strongroom.core.postgres.tenants import Column, TenantModel, TenantTable, discover
-from strongroom.errors import RestoreError, TenantNotFound
+from strongroom.errors import PostgresError, RestoreError, TenantNotFound
 
 #: Bytes of pg_restore output filtered at once: big enough that per-block costs vanish.
 BLOCK = 1 << 20
@@ -69,8 +70,8 @@ class _Plan:
     known: frozenset[tuple[str, str]]
 
 
-def _plan(conn: psycopg.Connection[Any], scope: TenantScope) -> _Plan:
-    model = discover(conn, scope.table, scope.column)
+def _plan(conn: psycopg.Connection[Any], scope: TenantScope, key: str | None) -> _Plan:
+    model = discover(conn, scope.table, scope.column, key=key)
     leaves: dict[tuple[str, str], TenantTable] = {}
     for table in model.tables:
         leaves[(table.ref.schema, table.ref.name)] = table
@@ -117,8 +118,8 @@ def copy_text(value: str) -> bytes:
 # -- the archive's table of contents ---------------------------------------------------------
 
 
-def _table_of_contents(archive: Path, env: dict[str, str], bindir: str | None) -> list[str]:
-    argv = [find_binary("pg_restore", bindir), "-l", str(archive)]
+def _captured(argv: list[str], env: dict[str, str], what: str) -> str:
+    """A short pg_restore run's output; its failure is one line with its last error."""
     proc = spawn(argv, env=env, stdout=subprocess.PIPE)
     try:
         out, err = proc.communicate()
@@ -128,17 +129,54 @@ def _table_of_contents(archive: Path, env: dict[str, str], bindir: str | None) -
     if proc.returncode != 0:
         tail = err.decode("utf-8", "replace").strip().splitlines()
         raise RestoreError(
-            f"pg_restore -l could not read {archive.name} (exit {proc.returncode}): "
+            f"pg_restore could not read {what} (exit {proc.returncode}): "
             f"{tail[-1] if tail else 'no output'}"
         )
-    return out.decode("utf-8", "replace").splitlines()
+    return out.decode("utf-8", "replace")
 
 
-def _data_entry(line: str) -> str | None:
-    """``schema table owner`` of a TABLE DATA line of ``pg_restore -l``, else None."""
-    if line.startswith(";") or " TABLE DATA " not in line:
+def _table_of_contents(archive: Path, env: dict[str, str], bindir: str | None) -> list[str]:
+    argv = [find_binary("pg_restore", bindir), "-l", str(archive)]
+    return _captured(argv, env, f"the table of contents of {archive.name}").splitlines()
+
+
+_PRIMARY_KEY = re.compile(r"\bPRIMARY KEY \((.*?)\)(?: |;|$)", re.MULTILINE)
+
+
+def archived_key(
+    archive: Path, toc: list[str], table: tuple[str, str], env: dict[str, str], bindir: str | None
+) -> str | None:
+    """The tenant table's primary key column as the archive defines it (post-data section).
+
+    Needed where the target has the tables but not yet their constraints: a new database
+    whose rows go in before its indexes and keys. None when the archive has no such key.
+    """
+    prefix = f"{table[0]} {table[1]} "
+    entries = [line for line in toc if (_entry(line, "CONSTRAINT") or "").startswith(prefix)]
+    if not entries:
         return None
-    head, _, rest = line.partition(" TABLE DATA ")
+    fd, name = tempfile.mkstemp(prefix="tenant-key-", suffix=".list", dir=archive.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write("".join(line + "\n" for line in entries))
+        argv = [find_binary("pg_restore", bindir), "-f", "-", "-L", name, str(archive)]
+        script = _captured(argv, env, f"the constraints of {archive.name}")
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+    for match in _PRIMARY_KEY.finditer(script):
+        columns = parse_identifiers(match.group(1))
+        if len(columns) == 1:
+            return columns[0]
+    return None
+
+
+def _entry(line: str, kind: str) -> str | None:
+    """``schema name ...`` of a ``kind`` line (``TABLE DATA``) of ``pg_restore -l``, else None."""
+    marker = f" {kind} "
+    if line.startswith(";") or marker not in line:
+        return None
+    head, _, rest = line.partition(marker)
     return rest if head.split(";", 1)[0].strip().isdigit() else None
 
 
@@ -151,7 +189,7 @@ def select_entries(lines: list[str], plan: _Plan) -> list[str]:
     unknown: list[str] = []
     tenant_ref = plan.model.tenant_table
     for line in lines:
-        rest = _data_entry(line)
+        rest = _entry(line, "TABLE DATA")
         if rest is None:
             continue
         match = _named(rest, plan.leaves.keys()) or _named(rest, plan.known)
@@ -275,31 +313,73 @@ class LineFilter:
 # -- the extraction --------------------------------------------------------------------------
 
 
-@dataclass
 class FullBackupRows:
-    """One tenant's rows of a full backup's archive (a ``TenantRows``), read in one pass."""
+    """One tenant's rows of a full backup's archive (a ``TenantRows``), read in one pass.
 
-    tenant_id: str
-    plan: _Plan
-    stdout: IO[bytes]
-    #: The tenant's rows per tenant table, counted as they pass: complete once ``tables()`` is.
-    expected_rows: dict[str, int] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    drain: StderrDrain | None = None
-    _buffer: bytearray = field(default_factory=bytearray)
-    _eof: bool = False
+    What the target says (the tenant model, the id's canonical form) is read when the block
+    opens if the target already holds the schema, else on the first call to :meth:`tables`,
+    so a new database may get its pre-data section in between.
+    """
+
+    def __init__(
+        self,
+        archive: Path,
+        target: ConnInfo,
+        scope: TenantScope,
+        tenant_id: str,
+        bindir: str | None = None,
+    ) -> None:
+        self.archive = archive
+        self.target = target
+        self.scope = scope
+        self.bindir = bindir
+        self._tenant_id = tenant_id
+        #: The tenant's rows per tenant table, counted as they pass: complete with ``tables()``.
+        self._counts: dict[str, int] = {}
+        self._plan: _Plan | None = None
+        self._toc: list[str] = []
+        self._list: str | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._drain: StderrDrain | None = None
+        self._buffer = bytearray()
+        self._eof = False
+
+    @property
+    def tenant_id(self) -> str:
+        """The id as the key's type prints it, once the target was read (as given before)."""
+        return self._tenant_id
+
+    @property
+    def expected_rows(self) -> dict[str, int]:
+        return self._counts
+
+    def prepare(self) -> _Plan:
+        """Read the target's tenant model and the archive's contents (once)."""
+        if self._plan is None:
+            env = self.target.env()
+            self._toc = _table_of_contents(self.archive, env, self.bindir)
+            with self.target.connect(autocommit=True) as conn:
+                key = None
+                table = _tenant_table_name(conn, self.scope)
+                if table is not None and not _has_primary_key(conn, self.scope):
+                    key = archived_key(self.archive, self._toc, table, env, self.bindir)
+                plan = _plan(conn, self.scope, key)
+                self._tenant_id = canonical_tenant_id(conn, plan.model, self._tenant_id)
+            self._counts.update({str(t.ref): 0 for t in plan.model.tables})
+            self._plan = plan
+        return self._plan
 
     def tables(self) -> Iterator[TableRows]:
         """Each COPY block of a tenant table as :class:`TableRows`; drained if left unread."""
-        value = copy_text(self.tenant_id)
-        for name in (str(t.ref) for t in self.plan.model.tables):
-            self.expected_rows.setdefault(name, 0)
-        key = str(self.plan.model.tenant_table)
+        plan = self.prepare()
+        self._start(plan)
+        value = copy_text(self._tenant_id)
+        key = str(plan.model.tenant_table)
         while (line := self._line()) is not None:
             statement = parse_copy(line.decode("utf-8", "replace").rstrip("\n"))
             if statement is None:
                 continue
-            table = self.plan.leaves.get((statement.schema, statement.table))
+            table = plan.leaves.get((statement.schema, statement.table))
             if table is None:
                 self._refuse_if_tenant(statement)
                 for _ in self._block(None, f"{statement.schema}.{statement.table}"):
@@ -315,16 +395,46 @@ class FullBackupRows:
         self._finish()
         self._require_tenant()
 
+    def _start(self, plan: _Plan) -> None:
+        """pg_restore writing the selected TABLE DATA entries as COPY text to our pipe."""
+        fd, self._list = tempfile.mkstemp(prefix="tenant-", suffix=".list", dir=self.archive.parent)
+        with os.fdopen(fd, "w") as out:
+            out.write("".join(line + "\n" for line in select_entries(self._toc, plan)))
+        argv = [find_binary("pg_restore", self.bindir), "--data-only", "-f", "-", "-L", self._list]
+        self.proc = spawn(
+            [*argv, str(self.archive)], env=self.target.env(), stdout=subprocess.PIPE, bufsize=0
+        )
+        self._drain = StderrDrain(self.proc.stderr)
+        self._drain.start()
+        assert self.proc.stdout is not None
+        self.stdout = self.proc.stdout
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.stdout.fileno(), _F_SETPIPE_SZ, BLOCK)
+
+    def close(self) -> None:
+        """Stop pg_restore (its whole process group) and remove the list file. Never raises."""
+        if self.proc is not None:
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()  # a pg_restore blocked on a full pipe sees EPIPE
+            terminate(self.proc, grace=2.0)
+            if self._drain is not None:
+                self._drain.join(timeout=10)
+        if self._list is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._list)
+
     def _require_tenant(self) -> None:
-        key = self.plan.model.tenant_table
-        if not self.expected_rows[str(key)]:
+        assert self._plan is not None
+        key = self._plan.model.tenant_table
+        if not self._counts[str(key)]:
             raise TenantNotFound(
                 f"tenant {self.tenant_id!r} is not in this backup's {key}: "
                 "`strongroom list` shows the backups, `strongroom tenant list` the tenants"
             )
 
     def _refuse_if_tenant(self, statement: CopyStatement) -> None:
-        if self.plan.model.tenant_column in statement.columns:
+        assert self._plan is not None
+        if self._plan.model.tenant_column in statement.columns:
             raise RestoreError(
                 f"the backup holds tenant rows of {statement.schema}.{statement.table}, which "
                 "the target does not have: restore the target's schema first (or a partition "
@@ -344,7 +454,7 @@ class FullBackupRows:
             del self._buffer[: complete + (len(_TERMINATOR) if end >= 0 else 0)]
             if picker is not None and lines:
                 data, count = picker.pick(lines)
-                self.expected_rows[name] += count
+                self._counts[name] += count
                 if data:
                     yield data
             if end >= 0:
@@ -380,10 +490,10 @@ class FullBackupRows:
         if self.proc is None:
             return
         code = self.proc.wait()
-        if self.drain is not None:
-            self.drain.join(timeout=10)
+        if self._drain is not None:
+            self._drain.join(timeout=10)
         if code != 0:
-            why = self.drain.last_error() if self.drain else "no output"
+            why = self._drain.last_error() if self._drain else "no output"
             raise RestoreError(
                 f"pg_restore could not read the tenant's rows from the archive (exit {code}): {why}"
             )
@@ -415,6 +525,31 @@ def _columns(statement: CopyStatement, table: TenantTable) -> tuple[Column, ...]
     return tuple(by_name.get(name, Column(name, "")) for name in statement.columns)
 
 
+def _tenant_table_name(conn: psycopg.Connection[Any], scope: TenantScope) -> tuple[str, str] | None:
+    row = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.oid = to_regclass(%s)",
+        (scope.table,),
+    ).fetchone()
+    return (str(row[0]), str(row[1])) if row else None
+
+
+def _has_primary_key(conn: psycopg.Connection[Any], scope: TenantScope) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM pg_index WHERE indrelid = to_regclass(%s) AND indisprimary", (scope.table,)
+    ).fetchone()
+    return row is not None
+
+
+def _holds_schema(target: ConnInfo, scope: TenantScope) -> bool:
+    """Whether the target exists and has the tenant table (else: a new database, made later)."""
+    try:
+        with target.connect(autocommit=True) as conn:
+            return _tenant_table_name(conn, scope) is not None
+    except (PostgresError, psycopg.Error):
+        return False
+
+
 @contextmanager
 def dump_tenant_rows(
     archive: Path,
@@ -424,35 +559,18 @@ def dump_tenant_rows(
     *,
     bindir: str | None = None,
 ) -> Iterator[FullBackupRows]:
-    """One tenant's rows of every tenant table in ``archive`` (verified pg_dump -Fc file).
+    """One tenant's rows of every tenant table in ``archive`` (a verified pg_dump -Fc file).
 
-    pg_restore runs while the block is open and is stopped (its process group killed) on the
-    way out, whether the tables were read to the end or not; a pg_restore that failed is a
-    ``RestoreError`` with its stderr's last error line once its output ended.
+    A target that holds the schema is read at once (an id of the wrong type is refused here);
+    a missing or empty one when ``tables()`` starts, after its pre-data section went in.
+    pg_restore runs while ``tables()`` is read and is stopped (its process group killed) on the
+    way out, read to the end or not; a failing pg_restore is a ``RestoreError`` with its last
+    error line.
     """
-    with target.connect(autocommit=True) as conn:
-        plan = _plan(conn, scope)
-        canonical = canonical_tenant_id(conn, plan.model, tenant_id)
-    env = target.env()
-    entries = select_entries(_table_of_contents(archive, env, bindir), plan)
-    fd, list_name = tempfile.mkstemp(prefix="tenant-", suffix=".list", dir=archive.parent)
+    rows = FullBackupRows(archive, target, scope, tenant_id, bindir)
     try:
-        with os.fdopen(fd, "w") as out:
-            out.write("".join(line + "\n" for line in entries))
-        argv = [find_binary("pg_restore", bindir), "--data-only", "-f", "-", "-L", list_name]
-        proc = spawn([*argv, str(archive)], env=env, stdout=subprocess.PIPE, bufsize=0)
-        drain = StderrDrain(proc.stderr)
-        drain.start()
-        try:
-            assert proc.stdout is not None
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(proc.stdout.fileno(), _F_SETPIPE_SZ, BLOCK)
-            yield FullBackupRows(canonical, plan, proc.stdout, proc=proc, drain=drain)
-        finally:
-            if proc.stdout is not None:
-                proc.stdout.close()
-            terminate(proc, grace=2.0)
-            drain.join(timeout=10)
+        if _holds_schema(target, scope):
+            rows.prepare()
+        yield rows
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(list_name)
+        rows.close()

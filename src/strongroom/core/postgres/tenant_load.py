@@ -30,6 +30,9 @@ tables, no deletes, then the same checks and sequences.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +55,8 @@ from strongroom.errors import (
 )
 
 Conn = psycopg.Connection[Any]
+
+log = logging.getLogger("strongroom.tenant_restore")
 
 #: Local buffers for the staging tables: the default 8 MB would send a big tenant to disk twice.
 TEMP_BUFFERS = "256MB"
@@ -84,6 +89,8 @@ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
 
 @dataclass
 class _Load:
+    """One load's state: the target's tenant tables (parents first) and what was staged."""
+
     conn: Conn
     scope: TenantScope
     source: TenantRows
@@ -142,6 +149,8 @@ class _Load:
         return self.tables.get(name)
 
     def _refuse_existing_rows(self, model: TenantModel) -> None:
+        if self.replace:
+            return
         found = {}
         for table in model.tables:
             query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
@@ -150,7 +159,7 @@ class _Load:
             row = self.conn.execute(query).fetchone()
             if row and row[0]:
                 found[str(table.ref)] = int(row[0])
-        if found and not self.replace:
+        if found:
             where = ", ".join(f"{n} in {t}" for t, n in found.items())
             raise TargetNotEmpty(
                 f"tenant {self.tenant} still has {sum(found.values())} rows in the target "
@@ -172,7 +181,10 @@ class _Load:
             raise RestoreError(
                 f"the backup holds {rows.name} twice with different columns; {_NOTHING}"
             )
-        staged.rows += _copy(self.conn, staged.into, names, rows)
+        started = time.monotonic()
+        copied = _copy(self.conn, staged.into, names, rows)
+        staged.rows += copied
+        log.info("%s: %d rows staged in %.2f s", rows.name, copied, time.monotonic() - started)
 
     def _stage_into(self, table: TargetTable, names: tuple[str, ...]) -> sql.Composable:
         if self.empty:
@@ -191,8 +203,12 @@ class _Load:
 
     def _check_staged(self) -> None:
         """Every staged row is the tenant's, and the source's counts are what it promised."""
+        started = time.monotonic()
         for name, staged in self.staged.items():
             self._refuse_foreign_rows(name, staged)
+        log.info(
+            "every staged row is tenant %s's (%.2f s)", self.tenant, time.monotonic() - started
+        )
         expected = self.source.expected_rows
         differ = {
             t: (expected.get(t, 0), self.staged[t].rows if t in self.staged else 0)
@@ -254,18 +270,33 @@ def load_tenant(
     """
     with target.connect(autocommit=False) as conn:
         try:
-            if lock_timeout is not None:
-                ms = f"{max(1, round(lock_timeout * 1000))}ms"
-                conn.execute("SELECT set_config('lock_timeout', %s, true)", (ms,))
+            _session_limits(conn, lock_timeout)
             restored = _Load(conn, scope, source, replace, empty, key).run()
             conn.commit()
             return restored
         except psycopg.Error as exc:
-            conn.rollback()
+            _rollback(conn)
             raise _translated(exc, source.tenant_id, lock_timeout) from None
         except BaseException:
-            conn.rollback()
+            _rollback(conn)
             raise
+
+
+def _session_limits(conn: Conn, lock_timeout: float | None) -> None:
+    """Bounded waits for locks; no limit on the restore's own long statements, nor on the pauses
+    between them (a full backup's other tables stream past while the transaction idles), which
+    a role's own ``statement_timeout`` or ``idle_in_transaction_session_timeout`` would impose."""
+    limits = {"statement_timeout": "0", "idle_in_transaction_session_timeout": "0"}
+    if lock_timeout is not None:
+        limits["lock_timeout"] = f"{max(1, round(lock_timeout * 1000))}ms"
+    for name, value in limits.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+
+def _rollback(conn: Conn) -> None:
+    """Roll back if the connection still works; a dead one was rolled back by the server."""
+    with contextlib.suppress(psycopg.Error):
+        conn.rollback()
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -12,9 +12,11 @@ and the tenant table's own row upserted, never deleted (shared rows may referenc
 * **everything**: the tenant's rows deleted children first, the staged ones inserted parents
   first, one ``INSERT ... SELECT`` each.
 
-The changes are tried first inside a savepoint; a constraint they trip over in passing (a
-unique value moving between two rows, a deleted parent its current child still references) rolls
-back to it and everything is written instead, so the outcome never depends on the way.
+The changes are tried first inside a savepoint and each table is then proven equal to the
+staged rows (a full join on the key, contents compared byte for byte); a constraint they trip
+over in passing (a unique value moving between two rows, a deleted parent its current child
+still references) or a table that did not come out equal (a policy hiding rows from UPDATE, a
+trigger rewriting them) rolls back to it and everything is written instead.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from psycopg import sql
 
 from strongroom.core.postgres.tables import TableRef
 from strongroom.core.postgres.tenants import Column
+from strongroom.errors import RestoreError
 
 log = logging.getLogger("strongroom.tenant_restore")
 
@@ -86,13 +89,16 @@ def write(conn: Conn, staged: Sequence[Staged], tenant: str) -> dict[str, int]:
             restored = _write_changes(conn, staged, keys, tenant)
             conn.execute("RELEASE SAVEPOINT strongroom_changes")
             return restored
-        except psycopg.errors.IntegrityError as exc:
+        except (psycopg.errors.IntegrityError, _NotTheSame) as exc:
             conn.execute("ROLLBACK TO SAVEPOINT strongroom_changes")
-            log.info(
-                "writing the changes only tripped over %s: writing every row",
-                exc.diag.message_primary,
-            )
+            why = exc.diag.message_primary if isinstance(exc, psycopg.Error) else str(exc)
+            log.info("writing the changes only tripped over %s: writing every row", why)
     return _write_everything(conn, staged, tenant)
+
+
+class _NotTheSame(Exception):
+    """After the changes, a table's rows of the tenant still differ from the staged ones (a
+    policy that hides rows from UPDATE or DELETE, a trigger that rewrites them)."""
 
 
 def _primary_keys(conn: Conn, staged: Sequence[Staged]) -> dict[int, tuple[str, ...]] | None:
@@ -111,9 +117,11 @@ def _primary_keys(conn: Conn, staged: Sequence[Staged]) -> dict[int, tuple[str, 
 def _write_changes(
     conn: Conn, staged: Sequence[Staged], keys: dict[int, tuple[str, ...]], tenant: str
 ) -> dict[str, int]:
+    started = time.monotonic()
     for s in staged:
         if not s.table.is_tenant_table:
             conn.execute(sql.SQL("ANALYZE {}").format(s.into))  # temp tables get no autovacuum
+    log.info("staged rows analyzed in %.2f s", time.monotonic() - started)
     for s in reversed(staged):
         if not s.table.is_tenant_table:
             _timed(conn, "deleted", s, _delete_absent(s, keys[s.table.oid], tenant))
@@ -127,8 +135,38 @@ def _write_changes(
         if update is not None:
             _timed(conn, "updated", s, update)
         _timed(conn, "inserted", s, _insert(s, tenant, missing_by=key))
-        restored[str(s.table.ref)] = _count(conn, s.table, tenant)
+        restored[str(s.table.ref)] = _check_same(conn, s, key, tenant)
     return restored
+
+
+def _check_same(conn: Conn, s: Staged, key: tuple[str, ...], tenant: str) -> int:
+    """The tenant's rows of the table, proven equal to the staged ones; ``_NotTheSame`` if not."""
+    mine = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in s.columns),
+        s.table.source(),
+        is_tenant(s.table.filter_column, tenant),
+    )
+    t_key, s_key = sql.Identifier("t", key[0]), sql.Identifier("s", key[0])
+    query = sql.SQL(
+        "SELECT count({}), count(*) FILTER (WHERE {} IS NULL),"
+        " count(*) FILTER (WHERE {} IS NULL),"
+        " count(*) FILTER (WHERE {} IS NOT NULL AND {} IS NOT NULL"
+        " AND NOT record_image_eq({}, {}))"
+        " FROM ({}) AS t FULL JOIN {} AS s ON {}"
+    ).format(
+        t_key, s_key, t_key, t_key, s_key, _row("t", s.columns), _row("s", s.columns),
+        mine, s.into, _same(key),
+    )  # fmt: skip
+    started = time.monotonic()
+    row = conn.execute(query).fetchone()
+    rows, extra, missing, differ = (int(v) for v in row) if row else (0, 0, 0, 0)
+    log.info("%s: %d rows compared in %.2f s", s.table.ref, rows, time.monotonic() - started)
+    if extra or missing or differ:
+        raise _NotTheSame(
+            f"{s.table.ref}: {extra} rows not in the backup, {missing} missing, {differ} "
+            "different after writing the changes"
+        )
+    return rows
 
 
 def _write_everything(conn: Conn, staged: Sequence[Staged], tenant: str) -> dict[str, int]:
@@ -138,6 +176,13 @@ def _write_everything(conn: Conn, staged: Sequence[Staged], tenant: str) -> dict
                 s.table.source(), is_tenant(s.table.filter_column, tenant)
             )
             _timed(conn, "deleted", s, statement)
+            left = _count(conn, s.table, tenant)
+            if left:
+                raise RestoreError(
+                    f"{left} rows of tenant {tenant} in {s.table.ref} could not be deleted (a "
+                    "row-level security policy without DELETE for this role?): restore as a role "
+                    "the policies let delete and insert the tenant's rows; nothing was changed"
+                )
     return {str(s.table.ref): _timed(conn, "inserted", s, _insert(s, tenant)) for s in staged}
 
 

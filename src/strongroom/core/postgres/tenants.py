@@ -107,15 +107,21 @@ class _Relation:
     partitioned: bool
 
 
-def discover(conn: psycopg.Connection[Any], table: str, column: str) -> TenantModel:
-    """The tenant model as ``conn``'s snapshot sees the catalog; ``PreflightError`` if unusable."""
+def discover(
+    conn: psycopg.Connection[Any], table: str, column: str, *, key: str | None = None
+) -> TenantModel:
+    """The tenant model as ``conn``'s snapshot sees the catalog; ``PreflightError`` if unusable.
+
+    ``key`` names the tenant table's key when it has no primary key *yet*: a new database whose
+    schema's pre-data section is in and whose constraints come after the rows.
+    """
     relations = [
         _Relation(int(r[0]), TableRef(r[1], r[2]), bool(r[3]), str(r[4]), bool(r[5]))
         for r in conn.execute(_RELATIONS_SQL, (list(SYSTEM_SCHEMAS),)).fetchall()
     ]
     tenant = _tenant_table(conn, table, relations)
     columns = _columns(conn, [r.oid for r in relations])
-    key = _tenant_key(conn, tenant)
+    key = _tenant_key(conn, tenant, key)
     members = [r for r in relations if r.oid == tenant.oid or column in _names(columns[r.oid])]
     others = [r for r in relations if r not in members]
     edges = _foreign_keys(conn, [r.oid for r in relations])
@@ -147,9 +153,11 @@ def _tenant_table(conn: psycopg.Connection[Any], table: str, rels: list[_Relatio
     return found[0]
 
 
-def _tenant_key(conn: psycopg.Connection[Any], tenant: _Relation) -> str:
+def _tenant_key(conn: psycopg.Connection[Any], tenant: _Relation, fallback: str | None) -> str:
     row = conn.execute(_PRIMARY_KEY_SQL, (tenant.oid,)).fetchone()
     keys = list(row[0]) if row and row[0] else []
+    if not keys and fallback:
+        return fallback
     if len(keys) != 1:
         raise PreflightError(
             f"tenant table {tenant.ref} needs a single-column primary key (the tenant id), "
