@@ -280,14 +280,14 @@ def _archiver_exit(args: argparse.Namespace, code: int, exc: BaseException | Non
 
 
 def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
+    if args.command in _ARCHIVER_COMMANDS:
+        return _archiver_command(args, config)
     from strongroom.interfaces import commands, tenant_commands
 
     if args.command == "keygen":
         return commands.keygen(args)
     if args.command == "demo":
         return commands.demo(args)
-    if args.command in _ARCHIVER_COMMANDS:
-        return _archiver_command(args, config)
     if config is None:
         config = config_from_env(args.config)
         _open_catalog(args, config)
