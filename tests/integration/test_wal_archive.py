@@ -269,6 +269,14 @@ def test_wal_fetch_says_not_found_only_when_every_location_says_so(archive: Arch
     assert absent.returncode == 1, absent.stderr
     assert "not archived in any location" in absent.stderr
 
+    no_b2 = {k: v for k, v in archive.settings.items() if not k.startswith("B2_")}
+    config = archive.write_config(archive.base / "no-b2.env", no_b2)
+    unproven = archive.run(
+        "wal-fetch", "00000001000000FF000000FE", str(target / "X"), env=env, config=config
+    )
+    assert unproven.returncode == ExitCode.WAL_FETCH_STOP, unproven.stderr
+    assert "b2:" in unproven.stderr and "B2_BUCKET_NAME" in unproven.stderr
+
     dead = f"http://127.0.0.1:{free_port()}"
     unreachable = {
         **env,
