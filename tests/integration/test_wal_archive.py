@@ -224,6 +224,12 @@ def test_a_repush_of_the_same_content_succeeds_and_other_content_is_refused(
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in local.glob(f"{name}.*")}
     assert after == before
 
+    b2 = archive.runtime().location("b2")
+    b2.delete(f"{archive.scope}/wal/{name[:8]}/{name}.wal.zst.enc")  # a manifest left alone
+    again = archive.run("wal-push", str(_scratch_copy(archive, name, None)), env=env)
+    assert again.returncode == 0, again.stderr
+    assert len(archive.stored_keys("b2", name)) == 2  # the same bytes written again
+
 
 def test_a_segment_of_another_cluster_is_refused(archive: Archive, archived: list[str]) -> None:
     foreign = (12345678901234567).to_bytes(8, "little")

@@ -40,6 +40,7 @@ from strongroom.core.wal_spool import Spool
 from strongroom.errors import (
     ConfigError,
     LocationUnavailable,
+    ObjectNotFound,
     StorageError,
     StrongroomError,
     WalConflict,
@@ -95,8 +96,8 @@ def _collect(report: PushReport, others: dict[str, Future[Pushed]]) -> None:
     for name, future in others.items():
         try:
             report.ahead.append(future.result())
-        except StrongroomError as exc:  # PostgreSQL will ask for it; that call reports it
-            report.ahead_failed[name] = str(exc)
+        except Exception as exc:  # PostgreSQL will ask for it; that call reports the problem
+            report.ahead_failed[name] = str(exc) or type(exc).__name__
             log.warning("pushing %s ahead failed: %s", name, exc)
 
 
@@ -180,7 +181,7 @@ class _Pusher:
         """Locations that lack the file; ``WalConflict`` before anything is written."""
         live = self._live(result)
         found = self._everywhere(
-            {loc.name: partial(walstore.read_manifest, self.rt, loc, keys) for loc in live}, live
+            {loc.name: partial(self._archived, loc, keys, sha) for loc in live}, live
         )
         conflicts: dict[str, Manifest] = {}
         todo: list[Location] = []
@@ -203,6 +204,18 @@ class _Pusher:
                 f"(the archived copy in {where} is kept)"
             )
         return todo
+
+    def _archived(self, loc: Location, keys: walstore.WalKeys, sha: str) -> Manifest | None:
+        """The manifest archived in ``loc``; ``None`` when absent, or when it is this content
+        but its object is gone or cut short (then it is written again: same bytes, no loss)."""
+        manifest = walstore.read_manifest(self.rt, loc, keys)
+        if manifest is None or walstore.plaintext_sha(manifest) != sha:
+            return manifest
+        try:
+            intact = loc.stat(manifest.object_key).size == manifest.stored_size
+        except ObjectNotFound:
+            intact = False
+        return manifest if intact else None
 
     # -- writing -----------------------------------------------------------------------------
 
