@@ -172,7 +172,8 @@ def test_the_archiver_stores_each_segment_in_every_location(
     archive: Archive, archived: list[str]
 ) -> None:
     last, count, failed = archive.archiver()
-    assert failed == 0 and count >= 3 and last is not None
+    log = archive.pg.log_file.read_text(errors="replace")[-3000:]
+    assert failed == 0 and count >= 3 and last is not None, log
     for name in archived:
         plain = (archive.pg.wal_dir / name).read_bytes()
         for location in ("local", "r2", "b2"):
@@ -348,6 +349,10 @@ def test_an_optional_location_down_never_holds_archiving(
         assert archive.stored_keys("b2", name) == []
     missed = {p.name for p in (archive.spool / "missed" / "b2").iterdir()}
     assert set(names) <= missed
+    env = {"DATABASE_URL": archive.pg.url(), "STRONGROOM_PGDATA": str(archive.pg.data_dir)}
+    checked = json.loads(archive.run("check", "--json", env=env).stdout)
+    line = {p["name"]: p for p in checked["checks"]}["wal archive"]
+    assert line["ok"] and f"b2 lacks {len(missed)} file(s)" in line["detail"], line
 
 
 def _verify(archive: Archive) -> tuple[int, dict[str, Any]]:

@@ -29,6 +29,7 @@ from strongroom.core.crypto import Keyring
 from strongroom.core.deadline import Pending
 from strongroom.core.manifest import MANIFEST_SUFFIX
 from strongroom.core.storage.base import CheckResult, Location
+from strongroom.core.wal_spool import Spool
 from strongroom.errors import BackupNotFound, StrongroomError
 from strongroom.services.backup import reap_dead_runs
 from strongroom.services.runtime import build_locations
@@ -100,7 +101,23 @@ def _wal_probe(config: Config, now: datetime) -> Probe | None:
     except StrongroomError:
         return None  # the database probe already says why
     ready = _ready_segments(config, server)
-    return wal_archive_probe(status, server, ready, now, config.wal.max_age_seconds)
+    probe = wal_archive_probe(status, server, ready, now, config.wal.max_age_seconds)
+    behind = _missed(config)
+    if behind:
+        probe.detail += f"; behind: {behind} (strongroom heal --all back-fills them)"
+    return probe
+
+
+def _missed(config: Config) -> str:
+    """Files optional locations missed, as the spool recorded them (where it is readable)."""
+    if not config.wal.spool_dir:
+        return ""
+    spool = Spool(config.wal.spool_dir)
+    try:
+        counts = {spec.name: len(spool.missed(spec.name)) for spec in config.locations}
+    except OSError:
+        return ""
+    return ", ".join(f"{name} lacks {n} file(s)" for name, n in counts.items() if n)
 
 
 def _ready_segments(config: Config, server: postgres.ServerArchiving) -> list[str] | None:
