@@ -277,7 +277,7 @@ class _Pusher:
                 outcome[loc.name] = LocationUnavailable(
                     f"{loc.name}: no answer in {seconds:g} s", loc.name
                 )
-            except StrongroomError as exc:
+            except Exception as exc:  # untranslated provider errors too: that location failed
                 outcome[loc.name] = exc
         return outcome
 
