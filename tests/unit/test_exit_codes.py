@@ -23,9 +23,13 @@ def test_the_exit_code_table_keeps_its_numbers() -> None:
         "CATALOG": 12,
         "SCHEMA_DRIFT": 13,
         "DRILL_FAILED": 14,
+        "WAL_CONFLICT": 15,
+        "WAL_FOREIGN": 16,
+        "WAL_GAP": 17,
         "HANGUP": 129,
         "INTERRUPTED": 130,
         "TERMINATED": 143,
+        "WAL_FETCH_STOP": 200,
     }
 
 

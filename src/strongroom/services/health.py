@@ -20,19 +20,22 @@ nothing else.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 
 from strongroom.catalog import bootstrap, store
 from strongroom.config import Config
-from strongroom.core import deadline, postgres
+from strongroom.core import deadline, postgres, wal
 from strongroom.core.crypto import Keyring
 from strongroom.core.deadline import Pending
 from strongroom.core.manifest import MANIFEST_SUFFIX
 from strongroom.core.storage.base import CheckResult, Location
+from strongroom.core.wal_spool import Spool
 from strongroom.errors import BackupNotFound, StrongroomError
 from strongroom.services.backup import reap_dead_runs
 from strongroom.services.drill import drill_state
@@ -61,6 +64,9 @@ def run_checks(config: Config, *, now: datetime | None = None) -> HealthReport:
     locations = _LocationProbes(config)  # running while the rest is checked
     report.probes.append(_key_probe(config))
     report.probes.append(_database_probe(config))
+    wal = _wal_probe(config, now or datetime.now(UTC))
+    if wal is not None:
+        report.probes.append(wal)
     catalog = _catalog_probes(config, now or datetime.now(UTC), locations)
     report.probes.extend(locations.probes())
     report.probes.extend(catalog)
@@ -99,6 +105,100 @@ def _database_probe(config: Config) -> Probe:
         f"{target}: PostgreSQL {pre.server_version}, {len(pre.tables)} tables, "
         f"role {pre.role} {how}",
     )
+
+
+def _wal_probe(config: Config, now: datetime) -> Probe | None:
+    """WAL archiving's health as the server sees it, when archiving is on (else one note)."""
+    try:
+        target = postgres.ConnInfo.parse(config.database_url)
+        server = postgres.server_archiving(target, timeout=config.check_timeout)
+        if server.archive_mode == "off":
+            return Probe("wal archive", True, "archive_mode is off (docs/wal.md)", required=False)
+        status = postgres.archiver_status(target, timeout=config.check_timeout)
+    except StrongroomError:
+        return None  # the database probe already says why
+    ready = _ready_segments(config, server)
+    probe = wal_archive_probe(status, server, ready, now, config.wal.max_age_seconds)
+    behind = _missed(config)
+    if behind:
+        probe.detail += f"; behind: {behind} (strongroom heal --all back-fills them)"
+    return probe
+
+
+def _missed(config: Config) -> str:
+    """Files optional locations missed, as the spool recorded them (where it is readable)."""
+    if not config.wal.spool_dir:
+        return ""
+    spool = Spool(config.wal.spool_dir)
+    try:
+        counts = {spec.name: len(spool.missed(spec.name)) for spec in config.locations}
+    except OSError:
+        return ""
+    return ", ".join(f"{name} lacks {n} file(s)" for name, n in counts.items() if n)
+
+
+def _ready_segments(config: Config, server: postgres.ServerArchiving) -> list[str] | None:
+    """Files PostgreSQL has marked ready and not yet archived, oldest first (``None``: the data
+    directory cannot be read here; ``STRONGROOM_PGDATA`` names it)."""
+    where = config.wal.pgdata or server.data_directory
+    folder = Path(where) / "pg_wal" / "archive_status" if where else None
+    if folder is None or not os.access(folder, os.R_OK | os.X_OK):
+        return None
+    try:
+        return sorted(p.name[: -len(".ready")] for p in folder.glob("*.ready"))
+    except OSError:
+        return None
+
+
+def wal_archive_probe(
+    status: postgres.ArchiverStatus,
+    server: postgres.ServerArchiving,
+    ready: list[str] | None,
+    now: datetime,
+    max_age: float,
+) -> Probe:
+    """One line: the last archived segment and its age, failures, what waits; FAIL when the
+    last archive is older than ``max_age`` seconds while WAL waits to be archived."""
+    parts: list[str] = []
+    age: float | None = None
+    if status.last_archived_wal and status.last_archived_time:
+        age = (now - status.last_archived_time).total_seconds()
+        parts.append(f"last archived {status.last_archived_wal} {age:.0f} s ago")
+    else:
+        parts.append("nothing archived yet")
+    failing = status.last_failed_time is not None and (
+        status.last_archived_time is None or status.last_failed_time > status.last_archived_time
+    )
+    failed = f"{status.failed_count} failed"
+    parts.append(f"{failed}, failing at {status.last_failed_wal}" if failing else failed)
+    if ready is None:
+        parts.append("waiting segments unknown (set STRONGROOM_PGDATA where pg_wal is readable)")
+        waiting = failing or _behind(status.last_archived_wal, server)
+    elif ready:
+        parts.append(f"{len(ready)} waiting, oldest {ready[0]}")
+        waiting = True
+    else:
+        parts.append("none waiting")
+        waiting = False
+    ok = not waiting or (age is not None and age <= max_age)
+    if not ok:
+        parts.append(f"older than BACKUP_WAL_MAX_AGE_SECONDS ({max_age:g} s)")
+    return Probe("wal archive", ok, ", ".join(parts))
+
+
+def _behind(last: str | None, server: postgres.ServerArchiving) -> bool:
+    """Whether a completed segment is not archived yet, as far as the server's counters tell."""
+    current, size = server.current_wal, server.wal_segment_size
+    if not current:
+        return False
+    if not last:
+        return True
+    if last[:8] != current[:8] or size not in wal.SEGMENT_SIZES:
+        return False
+    try:
+        return wal.segment_number(current, size) > wal.segment_number(last[:24], size) + 1
+    except ValueError:  # the last archived file was a history file or a backup label
+        return False
 
 
 class _LocationProbes:
