@@ -67,6 +67,11 @@ GENERAL_SETTINGS = (
     "BACKUP_TENANT_SCHEDULE_HOUR",
     "BACKUP_TENANT_TASK_PRIORITY",
     "CELERY_BROKER_URL",
+    # physical base backups and point-in-time recovery (strongroom.services.base_backup)
+    "BACKUP_WAL_ARCHIVING",
+    "BACKUP_BASE_BACKUP_HOUR",
+    "BACKUP_BASE_BACKUP_TIMEOUT",
+    "BACKUP_WAL_CONFIRM_TIMEOUT",
 )
 #: General names whose values are secret (the backends mark their own).
 GENERAL_SECRETS = ("BACKUP_ENCRYPTION_KEY", "BACKUP_ENCRYPTION_OLD_KEYS")
@@ -99,6 +104,9 @@ NUMBERS: dict[str, Number] = {
     "BACKUP_RESTORE_LOCK_TIMEOUT": _BACKOFF,  # 0: do not wait for other sessions at all
     "BACKUP_LOCATION_TIMEOUT": seconds(high=24 * 3600),
     "BACKUP_CHECK_TIMEOUT": seconds(high=24 * 3600),
+    "BACKUP_BASE_BACKUP_HOUR": _HOUR,  # or off; only with BACKUP_WAL_ARCHIVING on
+    "BACKUP_BASE_BACKUP_TIMEOUT": seconds(),
+    "BACKUP_WAL_CONFIRM_TIMEOUT": seconds(high=24 * 3600),
 }
 
 
@@ -161,6 +169,9 @@ class TaskSettings:
     tenant_day: str = "sun"
     tenant_hour: int | None = 3
     tenant_priority: int = 8
+    #: The daily base backup's hour (UTC), or ``None``: scheduled only when WAL archiving is
+    #: on (``BACKUP_WAL_ARCHIVING``), since a base backup without archived WAL restores nothing.
+    base_backup_hour: int | None = None
 
 
 #: Seconds between pg_dump's deadline and the task's soft limit: the upload, manifests and row
@@ -201,6 +212,10 @@ class Config:
     tenant_setting: str = "app.current_tenant"
     #: The role tenant exports read as; ``None``: each table's owner (``SET ROLE``).
     tenant_role: str | None = None
+    #: Seconds pg_basebackup may run, its wait for the backup's WAL to be archived included.
+    base_backup_timeout: float = 3600.0
+    #: Seconds a base backup waits for its WAL segments' manifests in every required location.
+    wal_confirm_timeout: float = 60.0
     extra: Mapping[str, Any] = field(default_factory=dict)
     tasks: TaskSettings = field(default_factory=TaskSettings)
 
@@ -294,6 +309,8 @@ def load_config(source: Mapping[str, Any]) -> Config:
         tenant_column=str(_get(source, "STRONGROOM_TENANT_COLUMN") or "tenant_id"),
         tenant_setting=str(_get(source, "STRONGROOM_TENANT_SETTING") or "app.current_tenant"),
         tenant_role=_get(source, "STRONGROOM_TENANT_ROLE") or None,
+        base_backup_timeout=_number(source, "BACKUP_BASE_BACKUP_TIMEOUT", 3600.0),
+        wal_confirm_timeout=_number(source, "BACKUP_WAL_CONFIRM_TIMEOUT", 60.0),
         tasks=load_task_settings(source),
     )
 
@@ -336,7 +353,14 @@ def load_task_settings(source: Mapping[str, Any]) -> TaskSettings:
         tenant_day=str(_get(source, "BACKUP_TENANT_SCHEDULE_DAY") or "sun"),
         tenant_hour=_hour_or_off(source, "BACKUP_TENANT_SCHEDULE_HOUR", 3),
         tenant_priority=_priority(source, max_priority, "BACKUP_TENANT_TASK_PRIORITY", 8),
+        base_backup_hour=_base_backup_hour(source),
     )
+
+
+def _base_backup_hour(source: Mapping[str, Any]) -> int | None:
+    """01:00 by default once WAL archiving is on; off (``None``) otherwise, whatever the hour."""
+    hour = _hour_or_off(source, "BACKUP_BASE_BACKUP_HOUR", 1)  # checked even while unused
+    return hour if _bool(source, "BACKUP_WAL_ARCHIVING", False) else None
 
 
 def _time_limits(source: Mapping[str, Any]) -> tuple[float, float]:

@@ -131,6 +131,13 @@ class TargetBusy(RestoreError):
     transient = True
 
 
+class WalNotArchived(StrongroomError):
+    """A base backup's WAL did not reach every required location in time: not restorable."""
+
+    exit_code = ExitCode.BACKUP_INCOMPLETE
+    transient = True
+
+
 class BackupNotFound(StrongroomError):
     """No backup in the catalog (or storage) matches the request."""
 

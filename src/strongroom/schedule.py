@@ -36,12 +36,22 @@ PING_TASK = "strongroom.tasks.ping"
 PRUNE_TASK = "strongroom.tasks.prune_backups"
 HEAL_TASK = "strongroom.tasks.heal_backups"
 TENANT_TASK = "strongroom.tasks.weekly_tenant_backups"
-TASK_NAMES = (BACKUP_TASK, VERIFY_TASK, PING_TASK, PRUNE_TASK, HEAL_TASK, TENANT_TASK)
+BASE_BACKUP_TASK = "strongroom.tasks.daily_base_backup"
+TASK_NAMES = (
+    BACKUP_TASK,
+    VERIFY_TASK,
+    PING_TASK,
+    PRUNE_TASK,
+    HEAL_TASK,
+    TENANT_TASK,
+    BASE_BACKUP_TASK,
+)
 #: The seed's name for the beat entry.
 ENTRY_NAME = "daily-full-database-backup"
 PRUNE_ENTRY = "daily-prune-backups"
 HEAL_ENTRY = "daily-heal-backups"
 TENANT_ENTRY = "strongroom-weekly-tenant-backups"
+BASE_BACKUP_ENTRY = "strongroom-daily-base-backup"
 #: Maintenance runs below backups: a prune or heal queued at 02:00 never delays the dump.
 MAINTENANCE_PRIORITY = 3
 
@@ -155,7 +165,9 @@ def beat_schedule(
     scale; the task translates it for Redis when it is published); prune at 04:00 and heal at
     05:00 on the same queue at a lower priority (``BACKUP_PRUNE_HOUR``/``BACKUP_HEAL_HOUR``,
     ``off`` to leave one out); every tenant's backup on Sunday at 03:00, priority 8
-    (``BACKUP_TENANT_SCHEDULE_DAY``/``_HOUR``/``BACKUP_TENANT_TASK_PRIORITY``).
+    (``BACKUP_TENANT_SCHEDULE_DAY``/``_HOUR``/``BACKUP_TENANT_TASK_PRIORITY``); the physical
+    base backup daily at 01:00 at the backup's priority, but only with ``BACKUP_WAL_ARCHIVING``
+    on (``BACKUP_BASE_BACKUP_HOUR``, ``off`` to leave it out).
     """
     ts = task_settings(settings, env)
     entries: dict[str, dict[str, Any]] = {
@@ -183,6 +195,12 @@ def beat_schedule(
                 day_of_week=ts.tenant_day, hour=ts.tenant_hour, minute=ts.schedule_minute
             ),
             "options": {"queue": ts.queue, "priority": ts.tenant_priority},
+        }
+    if ts.base_backup_hour is not None:
+        entries[BASE_BACKUP_ENTRY] = {
+            "task": BASE_BACKUP_TASK,
+            "schedule": crontab(hour=ts.base_backup_hour, minute=ts.schedule_minute),
+            "options": publish_options(ts),
         }
     return entries
 

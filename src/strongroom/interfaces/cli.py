@@ -101,7 +101,39 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="leave the servers running at the end")
     _retention_commands(sub)
     _tenant_commands(sub)
+    _pitr_commands(sub)
     return p
+
+
+def _pitr_commands(sub: Any) -> None:
+    """``base-backup``, ``pitr-restore`` and ``restore-point`` (docs/pitr.md)."""
+    bb = sub.add_parser("base-backup", help="physical base backup of the cluster (for PITR)")
+    _json(bb)
+    bb.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    pr = sub.add_parser(
+        "pitr-restore", help="extract a base backup into DIR, set up to replay WAL to a target"
+    )
+    _json(pr)
+    pr.add_argument("--pgdata", required=True, metavar="DIR", help="a new or empty data directory")
+    pr.add_argument(
+        "--backup", metavar="ID", help="this base backup (default: the newest before the target)"
+    )
+    g = pr.add_mutually_exclusive_group(required=True)
+    g.add_argument("--target-time", metavar="TS", help="ISO-8601 time with zone, e.g. ...+00:00")
+    g.add_argument("--target-lsn", metavar="LSN", help="a WAL location, e.g. 0/16B3748")
+    g.add_argument("--target-name", metavar="NAME", help="a restore point (`restore-point`)")
+    g.add_argument("--latest", action="store_true", help="replay to the end of the archive")
+    pr.add_argument(
+        "--strongroom-path",
+        metavar="PATH",
+        help="the strongroom executable restore_command runs, as the server's OS user sees it "
+        "(default: this one)",
+    )
+
+    rp = sub.add_parser("restore-point", help="create a named restore point and archive it now")
+    _json(rp)
+    rp.add_argument("name", help="the restore point's name (at most 63 bytes)")
 
 
 def _tenant_commands(sub: Any) -> None:
@@ -236,7 +268,7 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
-    from strongroom.interfaces import commands, tenant_commands
+    from strongroom.interfaces import commands, pitr_commands, tenant_commands
 
     if args.command == "keygen":
         return commands.keygen(args)
@@ -257,6 +289,9 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
         "heal": commands.heal,
         "catalog": commands.catalog,
         "tenant": tenant_commands.tenant,
+        "base-backup": pitr_commands.base_backup_command,
+        "pitr-restore": pitr_commands.pitr_restore,
+        "restore-point": pitr_commands.restore_point,
     }
     return handlers[args.command](args, config)
 
