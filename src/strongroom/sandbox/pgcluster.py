@@ -56,6 +56,26 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
 }
 
 
+def archive_settings(
+    archive_command: str, *, archive_timeout: int = 60, restore_command: str | None = None
+) -> dict[str, str]:
+    """The settings of a cluster that archives its WAL: ``PgCluster(settings=...)``.
+
+    ``archive_command`` runs as the server's OS user (see :mod:`strongroom.sandbox.launcher`
+    for a ``strongroom`` that user can run); ``archive_timeout`` (seconds) bounds how long a
+    quiet server keeps a segment open.
+    """
+    settings = {
+        "wal_level": "replica",
+        "archive_mode": "on",
+        "archive_command": archive_command,
+        "archive_timeout": str(archive_timeout),
+    }
+    if restore_command is not None:
+        settings["restore_command"] = restore_command
+    return settings
+
+
 def find_server_bindir() -> str:
     """Directory holding ``initdb``/``pg_ctl``/``postgres``: ``pg_config --bindir``, else newest.
 
@@ -100,6 +120,8 @@ class PgCluster:
         settings: Mapping[str, str] | None = None,
         keep: bool = False,
     ) -> None:
+        """``settings`` go into ``postgresql.conf`` over :data:`DEFAULT_SETTINGS` (for WAL
+        archiving: :func:`archive_settings`); :meth:`configure` adds more later."""
         self.bindir = bindir or find_server_bindir()
         self.host = HOST
         self.port = 0
@@ -120,6 +142,11 @@ class PgCluster:
     @property
     def data_dir(self) -> Path:
         return self.base_dir / "data"
+
+    @property
+    def wal_dir(self) -> Path:
+        """``pg_wal``: the segments, and ``archive_status`` with their ``.ready`` markers."""
+        return self.data_dir / "pg_wal"
 
     @property
     def socket_dir(self) -> Path:
