@@ -72,6 +72,16 @@ GENERAL_SETTINGS = (
     "BACKUP_BASE_BACKUP_HOUR",
     "BACKUP_BASE_BACKUP_TIMEOUT",
     "BACKUP_WAL_CONFIRM_TIMEOUT",
+    # continuous WAL archiving (strongroom.services.wal_push, wal_fetch, wal_verify)
+    "STRONGROOM_PGDATA",
+    "BACKUP_WAL_SPOOL_DIR",
+    "BACKUP_WAL_PUSH_PARALLEL",
+    "BACKUP_WAL_PUSH_AHEAD",
+    "BACKUP_WAL_OPTIONAL_TIMEOUT",
+    "BACKUP_WAL_SKIP_DOWN_SECONDS",
+    "BACKUP_WAL_PREFETCH",
+    "BACKUP_WAL_FETCH_RETRIES",
+    "BACKUP_WAL_MAX_AGE_SECONDS",
 )
 #: General names whose values are secret (the backends mark their own).
 GENERAL_SECRETS = ("BACKUP_ENCRYPTION_KEY", "BACKUP_ENCRYPTION_OLD_KEYS")
@@ -107,6 +117,13 @@ NUMBERS: dict[str, Number] = {
     "BACKUP_BASE_BACKUP_HOUR": _HOUR,  # or off; only with BACKUP_WAL_ARCHIVING on
     "BACKUP_BASE_BACKUP_TIMEOUT": seconds(),
     "BACKUP_WAL_CONFIRM_TIMEOUT": seconds(high=24 * 3600),
+    "BACKUP_WAL_PUSH_PARALLEL": whole(1, 64),
+    "BACKUP_WAL_PUSH_AHEAD": whole(0, 1024),
+    "BACKUP_WAL_OPTIONAL_TIMEOUT": seconds(high=24 * 3600),
+    "BACKUP_WAL_SKIP_DOWN_SECONDS": _BACKOFF,
+    "BACKUP_WAL_PREFETCH": whole(0, 64),
+    "BACKUP_WAL_FETCH_RETRIES": whole(0, 100),
+    "BACKUP_WAL_MAX_AGE_SECONDS": seconds(),
 }
 
 
@@ -181,6 +198,30 @@ HARD_LIMIT_MARGIN = 300.0
 
 
 @dataclass(frozen=True)
+class WalSettings:
+    """Continuous WAL archiving: where its state lives and how hard it pushes and fetches."""
+
+    #: The cluster's data directory, where it is readable (``check``, ``wal-push`` outside it).
+    pgdata: str | None = None
+    #: Push markers and prefetched segments: outside ``pg_wal``, writable by the server's user.
+    spool_dir: str | None = None
+    #: Segments one ``wal-push`` uploads at once (the asked one and ``.ready`` ones ahead).
+    push_parallel: int = 4
+    #: ``.ready`` segments one ``wal-push`` takes on ahead of the archiver's calls (0: none).
+    push_ahead: int = 16
+    #: Seconds an optional location may take for one segment before it is left to ``heal``.
+    optional_timeout: float = 10.0
+    #: Seconds an optional location that failed is skipped by later pushes (0: never skip).
+    skip_down_seconds: float = 60.0
+    #: Segments ``wal-fetch`` fetches ahead of recovery into the spool.
+    prefetch: int = 4
+    #: Extra rounds over the locations before ``wal-fetch`` gives up on unreachable storage.
+    fetch_retries: int = 3
+    #: ``check`` fails when the last archived segment is older while WAL waits.
+    max_age_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a backup, verify or restore needs to know."""
 
@@ -218,6 +259,7 @@ class Config:
     wal_confirm_timeout: float = 60.0
     extra: Mapping[str, Any] = field(default_factory=dict)
     tasks: TaskSettings = field(default_factory=TaskSettings)
+    wal: WalSettings = field(default_factory=WalSettings)
 
     def location(self, name: str) -> LocationSpec:
         """The location called ``name``; a ``ConfigError`` lists the configured ones."""
@@ -312,6 +354,25 @@ def load_config(source: Mapping[str, Any]) -> Config:
         base_backup_timeout=_number(source, "BACKUP_BASE_BACKUP_TIMEOUT", 3600.0),
         wal_confirm_timeout=_number(source, "BACKUP_WAL_CONFIRM_TIMEOUT", 60.0),
         tasks=load_task_settings(source),
+        wal=load_wal_settings(source),
+    )
+
+
+def load_wal_settings(source: Mapping[str, Any]) -> WalSettings:
+    """The WAL archiving settings (all optional: archiving works with the defaults)."""
+    defaults = WalSettings()
+    return WalSettings(
+        pgdata=_get(source, "STRONGROOM_PGDATA") or None,
+        spool_dir=_get(source, "BACKUP_WAL_SPOOL_DIR") or None,
+        push_parallel=_number(source, "BACKUP_WAL_PUSH_PARALLEL", defaults.push_parallel),
+        push_ahead=_number(source, "BACKUP_WAL_PUSH_AHEAD", defaults.push_ahead),
+        optional_timeout=_number(source, "BACKUP_WAL_OPTIONAL_TIMEOUT", defaults.optional_timeout),
+        skip_down_seconds=_number(
+            source, "BACKUP_WAL_SKIP_DOWN_SECONDS", defaults.skip_down_seconds
+        ),
+        prefetch=_number(source, "BACKUP_WAL_PREFETCH", defaults.prefetch),
+        fetch_retries=_number(source, "BACKUP_WAL_FETCH_RETRIES", defaults.fetch_retries),
+        max_age_seconds=_number(source, "BACKUP_WAL_MAX_AGE_SECONDS", defaults.max_age_seconds),
     )
 
 

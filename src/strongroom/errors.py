@@ -35,11 +35,20 @@ class ExitCode(IntEnum):
     REBUILD_INCOMPLETE = 11
     #: The catalog is damaged or cannot be opened (``catalog rebuild`` is the fix).
     CATALOG = 12
+    #: ``wal-push``: the archive already holds a different file of that name (nothing written).
+    WAL_CONFLICT = 13
+    #: ``wal-push``: the segment's header names another cluster than the archive's.
+    WAL_FOREIGN = 14
+    #: ``wal-verify``: a segment is missing or fails its checks in some location.
+    WAL_GAP = 15
     #: 128 + the signal that stopped the run, as a shell reports it: SIGHUP, SIGINT (Ctrl-C),
     #: SIGTERM (systemd, Docker, Kubernetes, ``timeout``).
     HANGUP = 129
     INTERRUPTED = 130
     TERMINATED = 143
+    #: ``wal-fetch``: no location could be read and no good copy was found. Above 125 on
+    #: purpose: PostgreSQL then stops recovery instead of ending it early at an older point.
+    WAL_FETCH_STOP = 200
 
 
 class StrongroomError(Exception):
@@ -175,6 +184,31 @@ class WrongBackupKind(StrongroomError):
     """The backup exists but is of a kind this command does not restore (e.g. a tenant's)."""
 
     exit_code = ExitCode.CONFIG
+
+
+class WalConflict(StrongroomError):
+    """The archive holds a different file under this WAL name: never overwritten."""
+
+    exit_code = ExitCode.WAL_CONFLICT
+
+
+class ForeignWal(StrongroomError):
+    """A WAL segment of another cluster than the one being archived."""
+
+    exit_code = ExitCode.WAL_FOREIGN
+
+
+class WalNotFound(StrongroomError):
+    """Every location answered that the WAL file is not archived (the end of recovery)."""
+
+    exit_code = ExitCode.FAILED
+
+
+class WalFetchStop(StrongroomError):
+    """No good copy could be read: recovery must stop, not end early at an older point."""
+
+    exit_code = ExitCode.WAL_FETCH_STOP
+    transient = True
 
 
 class Interrupted(BaseException):

@@ -21,9 +21,13 @@ def test_the_exit_code_table_keeps_its_numbers() -> None:
         "HEAL_INCOMPLETE": 10,
         "REBUILD_INCOMPLETE": 11,
         "CATALOG": 12,
+        "WAL_CONFLICT": 13,
+        "WAL_FOREIGN": 14,
+        "WAL_GAP": 15,
         "HANGUP": 129,
         "INTERRUPTED": 130,
         "TERMINATED": 143,
+        "WAL_FETCH_STOP": 200,
     }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from strongroom import __version__
 from strongroom.config import CONFIG_FILE_VAR, Config, config_from_env
-from strongroom.errors import CatalogError, ExitCode, Interrupted, StrongroomError
+from strongroom.errors import CatalogError, ExitCode, Interrupted, StrongroomError, WalNotFound
 from strongroom.interfaces.signals import signals_interrupt
 
 log = logging.getLogger("strongroom")
@@ -102,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     _retention_commands(sub)
     _tenant_commands(sub)
     _pitr_commands(sub)
+    _wal_commands(sub)
     return p
 
 
@@ -134,6 +135,19 @@ def _pitr_commands(sub: Any) -> None:
     rp = sub.add_parser("restore-point", help="create a named restore point and archive it now")
     _json(rp)
     rp.add_argument("name", help="the restore point's name (at most 63 bytes)")
+
+
+def _wal_commands(sub: Any) -> None:
+    """PostgreSQL's ``archive_command`` and ``restore_command``, and the archive's check."""
+    wp = sub.add_parser(
+        "wal-push", help="archive one WAL file in every location (archive_command ... %%p)"
+    )
+    wp.add_argument("path", help="the file, as PostgreSQL passes it (%%p)")
+    wf = sub.add_parser(
+        "wal-fetch", help="restore one archived WAL file (restore_command ... %%f %%p)"
+    )
+    wf.add_argument("name", help="the WAL file name (%%f)")
+    wf.add_argument("dest", help="where to write it (%%p)")
 
 
 def _tenant_commands(sub: Any) -> None:
@@ -242,16 +256,16 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
     """Dispatch; every failure becomes one line on stderr and an exit code."""
     try:
         with signals_interrupt():
-            return _dispatch(args, config)
+            return _archiver_exit(args, _dispatch(args, config), None)
     except StrongroomError as exc:
         print(f"strongroom: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _archiver_exit(args, exc.exit_code, exc)
     except Interrupted as exc:
         print(f"strongroom: error: {exc}; nothing was left half-done", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
+        return _archiver_exit(args, exc.exit_code, exc)
+    except KeyboardInterrupt as exc:
         print("strongroom: error: interrupted by SIGINT", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+        return _archiver_exit(args, ExitCode.INTERRUPTED, exc)
     except Exception as exc:  # a bug or an untranslated failure: still one line, no traceback
         damaged = _catalog_damage(exc)
         if damaged is not None:
@@ -264,10 +278,42 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
             "(run with -v for the traceback)",
             file=sys.stderr,
         )
+        return _archiver_exit(args, ExitCode.FAILED, exc)
+
+
+#: Run by PostgreSQL once per WAL file as its OS user: no catalog, and a fast start.
+_ARCHIVER_COMMANDS = frozenset({"wal-push", "wal-fetch"})
+
+
+def _archiver_command(args: argparse.Namespace, config: Config | None) -> int:
+    from strongroom.interfaces import wal_commands
+
+    handlers: dict[str, Handler] = {
+        "wal-push": wal_commands.wal_push,
+        "wal-fetch": wal_commands.wal_fetch,
+    }
+    return handlers[args.command](args, config or config_from_env(args.config))
+
+
+def _archiver_exit(args: argparse.Namespace, code: int, exc: BaseException | None) -> int:
+    """Exit codes inside PostgreSQL's contracts for its archive and restore commands.
+
+    ``wal-push``: 1-125 only (above 125 the archiver process restarts). ``wal-fetch``: 1 only
+    when the file is not archived anywhere (PostgreSQL then ends recovery there); every other
+    failure, a bad setting included, is ``WAL_FETCH_STOP`` (above 125), which stops recovery.
+    """
+    if code == ExitCode.OK:
+        return code
+    if args.command == "wal-push" and code > 125:
         return ExitCode.FAILED
+    if args.command == "wal-fetch" and not isinstance(exc, WalNotFound):
+        return ExitCode.WAL_FETCH_STOP
+    return code
 
 
 def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
+    if args.command in _ARCHIVER_COMMANDS:
+        return _archiver_command(args, config)
     from strongroom.interfaces import commands, pitr_commands, tenant_commands
 
     if args.command == "keygen":

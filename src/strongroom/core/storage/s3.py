@@ -13,7 +13,9 @@ appear in messages, logs or ``repr``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import logging
 import math
 import random
@@ -187,6 +189,12 @@ def _unreachable_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _content_md5(body: bytes | bytearray) -> str:
+    """The body's MD5 for ``Content-MD5``: the server refuses (BadDigest) a body that arrived
+    other than it was sent, so a completed upload is a checked one."""
+    return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode("ascii")
+
+
 class _S3Writer(ObjectWriter):
     """Buffers one part at a time; the multipart upload exists from the first full part on."""
 
@@ -252,6 +260,7 @@ class _S3Writer(ObjectWriter):
                 PartNumber=number,
                 # botocore sends a bytearray as is (and re-sends it on retry): no 16 MiB copy.
                 Body=cast("bytes", body),
+                ContentMD5=_content_md5(body),
             ),
             self._key,
         )
@@ -282,7 +291,9 @@ class _S3Writer(ObjectWriter):
         body = bytes(self._buf)
         self._loc.call(
             "upload",
-            lambda: s3.put_object(Bucket=self._loc.bucket, Key=self._full, Body=body),
+            lambda: s3.put_object(
+                Bucket=self._loc.bucket, Key=self._full, Body=body, ContentMD5=_content_md5(body)
+            ),
             self._key,
         )
 

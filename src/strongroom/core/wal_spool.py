@@ -1,0 +1,115 @@
+"""The WAL spool (``BACKUP_WAL_SPOOL_DIR``): what archiving remembers between invocations.
+
+PostgreSQL starts one ``archive_command`` per file and one ``restore_command`` per file, so
+anything learnt by one call that helps the next lives here, never inside ``pg_wal`` (pg_rewind
+and pg_basebackup trip over foreign files there)::
+
+    pushed/<name>            plaintext SHA-256 of a file pushed ahead of the archiver's call
+    down/<location>          an optional location that just failed (skipped for a while)
+    missed/<location>/<name> a file an optional location did not get (``heal`` back-fills it)
+    prefetch/<name>          a segment fetched and checked ahead of recovery's call
+
+Every file is written to a temporary name and renamed, so a reader sees all or nothing. The
+spool is private (0700): prefetched segments are plaintext WAL. Losing it loses nothing: a
+marker only saves a round trip, and each is checked against the file before it is believed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from pathlib import Path
+
+_DIR_MODE = 0o700
+
+
+class Spool:
+    """One spool directory; created on first use."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def _dir(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        return path
+
+    def _write(self, path: Path, data: bytes) -> None:
+        temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            with temp.open("xb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            temp.rename(path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+
+    # -- pushed ahead ------------------------------------------------------------------------
+
+    def mark_pushed(self, name: str, sha256: str) -> None:
+        self._write(self._dir("pushed") / name, sha256.encode("ascii"))
+
+    def pushed_sha(self, name: str) -> str:
+        """The plaintext SHA-256 recorded for ``name`` pushed ahead, or ``""``."""
+        try:
+            return (self.root / "pushed" / name).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return ""
+
+    def forget_pushed(self, name: str) -> None:
+        """A marker answers one call: after a crash PostgreSQL's re-push checks the archive."""
+        with contextlib.suppress(OSError):
+            (self.root / "pushed" / name).unlink()
+
+    # -- optional locations that fail --------------------------------------------------------
+
+    def mark_down(self, location: str, reason: str) -> None:
+        self._write(self._dir("down") / location, reason.encode("utf-8", "replace"))
+
+    def down_since(self, location: str) -> float | None:
+        """When ``location`` was marked down (epoch seconds), or ``None``."""
+        try:
+            return (self.root / "down" / location).stat().st_mtime
+        except OSError:
+            return None
+
+    def mark_up(self, location: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.root / "down" / location).unlink()
+
+    def is_down(self, location: str, seconds: float) -> bool:
+        since = self.down_since(location)
+        return since is not None and time.time() - since < seconds
+
+    def mark_missed(self, location: str, name: str, reason: str) -> None:
+        self._write(self._dir("missed", location) / name, reason.encode("utf-8", "replace"))
+
+    def missed(self, location: str) -> list[str]:
+        """The files ``location`` missed, oldest name first."""
+        folder = self.root / "missed" / location
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+    def forget_missed(self, location: str, name: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.root / "missed" / location / name).unlink()
+
+    # -- prefetched for recovery -------------------------------------------------------------
+
+    def prefetch_path(self, name: str) -> Path:
+        return self._dir("prefetch") / name
+
+    def store_prefetched(self, name: str, data: bytes) -> None:
+        self._write(self.prefetch_path(name), data)
+
+    def prefetched(self) -> list[str]:
+        folder = self.root / "prefetch"
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))

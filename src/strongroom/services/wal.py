@@ -1,0 +1,151 @@
+"""What WAL push, fetch, verify, prune and heal share: where a file lives and how it is sealed.
+
+A WAL file is stored like every other object (compress -> encrypt -> SHA-256, through
+:func:`strongroom.core.pipeline.stream_to_locations`) under
+``<system identifier>/wal/<timeline>/<name>.wal[.zst].enc`` with its authenticated manifest
+(kind ``wal``) beside it, written last: a manifest in a location means the file is durable
+there. The manifest's ``extra`` holds the plaintext SHA-256 (so a re-push can be compared), the
+system identifier, the timeline and the segment size.
+
+None of this needs the catalog: ``archive_command`` runs as the server's OS user with only the
+config file, so these modules import no Django.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from strongroom import __version__
+from strongroom.config import Config
+from strongroom.core import wal
+from strongroom.core.crypto import CIPHER_NAME
+from strongroom.core.manifest import Manifest, manifest_key_for, wal_key_for
+from strongroom.core.pipeline import StreamResult, stream_to_locations
+from strongroom.core.storage.base import Location, ObjectWriter
+from strongroom.errors import ConfigError, ObjectNotFound
+from strongroom.services.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class WalKeys:
+    """One WAL file's object and manifest keys in every location."""
+
+    name: str
+    key: str
+
+    @property
+    def manifest_key(self) -> str:
+        return manifest_key_for(self.key)
+
+
+def keys_for(runtime: Runtime, scope: str, name: str) -> WalKeys:
+    return WalKeys(name, wal_key_for(scope, name, runtime.codec.extension))
+
+
+def data_dir_of(config: Config, wal_path: Path | None = None) -> Path:
+    """The cluster's data directory: ``STRONGROOM_PGDATA``, else the parent of ``pg_wal``."""
+    if config.wal.pgdata:
+        return Path(config.wal.pgdata)
+    if wal_path is not None:
+        parent = wal_path.absolute().parent
+        if parent.name == "pg_wal":
+            return parent.parent
+    raise ConfigError(
+        "cannot tell which cluster this WAL belongs to: the file is not in a pg_wal directory; "
+        "set STRONGROOM_PGDATA to the cluster's data directory"
+    )
+
+
+def cluster_scope(data_dir: Path) -> str:
+    """The archive's scope: the cluster's system identifier, from its ``pg_control``."""
+    try:
+        return str(wal.control_system_identifier(data_dir))
+    except OSError as exc:
+        raise ConfigError(
+            f"{exc}: run as the server's OS user, or set STRONGROOM_PGDATA to a data "
+            "directory this user may read"
+        ) from None
+
+
+class _Buffer(ObjectWriter):
+    """The sealed object, in memory: a WAL file is at most one segment (16 MB by default)."""
+
+    def __init__(self) -> None:
+        self.data = io.BytesIO()
+
+    def write(self, data: bytes, /) -> int:
+        return self.data.write(data)
+
+    def commit(self) -> None:
+        return None
+
+    def abort(self) -> None:
+        return None
+
+
+def seal(runtime: Runtime, plaintext: bytes) -> tuple[bytes, StreamResult]:
+    """Compress, encrypt and hash ``plaintext`` once, through the pipeline every object takes."""
+    buffer = _Buffer()
+    result = stream_to_locations(
+        io.BytesIO(plaintext), runtime.codec, runtime.keyring, {"sealed": buffer}
+    )
+    failed = result.outcomes["sealed"].error
+    if failed is not None:
+        raise failed
+    return buffer.data.getvalue(), result
+
+
+def wal_manifest(
+    runtime: Runtime,
+    keys: WalKeys,
+    result: StreamResult,
+    *,
+    scope: str,
+    plaintext_sha256: str,
+    segment_size: int | None,
+    started_at: datetime,
+) -> Manifest:
+    """The manifest of one WAL file (kind ``wal``), written last beside each copy."""
+    parsed = wal.parse_name(keys.name)
+    return Manifest(
+        id=keys.name,
+        kind="wal",
+        database=scope,
+        server_version="",
+        pg_dump_version="",
+        started_at=started_at,
+        finished_at=datetime.now(UTC),
+        raw_size=result.raw_size,
+        compressed_size=result.compressed_size,
+        stored_size=result.stored_size,
+        sha256=result.sha256,
+        codec=runtime.codec.name,
+        codec_level=runtime.codec.level,
+        cipher=CIPHER_NAME,
+        key_id=runtime.keyring.primary_id,
+        object_key=keys.key,
+        tool_version=__version__,
+        extra={
+            "plaintext_sha256": plaintext_sha256,
+            "system_identifier": scope,
+            "timeline": parsed.timeline,
+            "file_name": keys.name,
+            "segment_size": segment_size,
+        },
+    )
+
+
+def read_manifest(runtime: Runtime, location: Location, keys: WalKeys) -> Manifest | None:
+    """The authenticated manifest of ``keys`` in ``location``, ``None`` when it has none."""
+    try:
+        document = location.get_bytes(keys.manifest_key)
+    except ObjectNotFound:
+        return None
+    return Manifest.from_document(document, runtime.keyring)
+
+
+def plaintext_sha(manifest: Manifest) -> str:
+    return str(manifest.extra.get("plaintext_sha256", ""))

@@ -1,0 +1,332 @@
+"""Continuous WAL archiving against a real cluster whose ``archive_command`` is ``wal-push``.
+
+One archiving cluster for the module (``archive_mode = on``, this tool run by the ``postgres``
+OS user with only its config file), SeaweedFS as R2 and B2, segments forced with
+``pg_switch_wal()``. Every command here runs as the server's OS user, as PostgreSQL runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from strongroom.config import load_config
+from strongroom.core import crypto
+from strongroom.core.manifest import Manifest
+from strongroom.errors import ExitCode
+from strongroom.sandbox.launcher import write_launcher
+from strongroom.sandbox.pgcluster import PgCluster, archive_settings
+from strongroom.sandbox.ports import free_port
+from strongroom.sandbox.seaweed import SeaweedServer
+from strongroom.services.runtime import Runtime
+
+SERVER_USER = "postgres"
+
+
+@dataclass
+class Archive:
+    """The archiving cluster and everything its ``archive_command`` uses."""
+
+    pg: PgCluster
+    base: Path
+    launcher: Path
+    config_file: Path
+    settings: dict[str, str]
+    scope: str
+
+    @property
+    def local(self) -> Path:
+        return self.base / "local"
+
+    @property
+    def spool(self) -> Path:
+        return self.base / "spool"
+
+    def run(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        config: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """``strongroom --config FILE ARGS`` as the server's OS user, as PostgreSQL runs it."""
+        prefix = ["runuser", "-u", SERVER_USER, "--"] if os.geteuid() == 0 else []
+        extra = [f"{k}={v}" for k, v in (env or {}).items()]
+        argv = [*prefix, "env", *extra, str(self.launcher)]
+        argv += ["--config", str(config or self.config_file), *args]
+        return subprocess.run(
+            argv, cwd=cwd or self.base, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    def runtime(self, **overrides: str) -> Runtime:
+        return Runtime.build(load_config({**self.settings, **overrides}))
+
+    def write_config(self, path: Path, settings: Mapping[str, str]) -> Path:
+        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()), encoding="utf-8")
+        _give(path, 0o600)
+        return path
+
+    def switch(self) -> str:
+        """Write a little, close the segment; the name of the segment that was completed."""
+        self.pg.execute("INSERT INTO walt (note) VALUES (%s)", [uuid.uuid4().hex])
+        return str(self.pg.execute("SELECT pg_walfile_name(pg_switch_wal())")[0][0])
+
+    def archiver(self) -> tuple[str | None, int, int]:
+        row = self.pg.execute(
+            "SELECT last_archived_wal, archived_count, failed_count FROM pg_stat_archiver"
+        )[0]
+        return row[0], int(row[1]), int(row[2])
+
+    def wait_archived(self, name: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            last, _, _ = self.archiver()
+            if last is not None and last[:24] >= name:
+                return
+            if time.monotonic() > deadline:
+                log = self.pg.log_file.read_text(errors="replace")[-3000:]
+                pytest.fail(f"{name} not archived in {timeout} s (last {last}); log:\n{log}")
+            time.sleep(0.2)
+
+    def stored_keys(self, location: str, name: str) -> list[str]:
+        loc = self.runtime().location(location)
+        return sorted(o.key for o in loc.list(f"{self.scope}/wal/{name[:8]}/{name}"))
+
+
+def _give(path: Path, mode: int) -> None:
+    os.chmod(path, mode)
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(SERVER_USER)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+@pytest.fixture(scope="module")
+def archive(seaweed: SeaweedServer) -> Iterator[Archive]:
+    base = Path(tempfile.mkdtemp(prefix="strongroom-walt-", dir="/tmp"))
+    _give(base, 0o700)
+    for sub in ("local", "spool"):
+        (base / sub).mkdir()
+        _give(base / sub, 0o700)
+    launcher = write_launcher(base / "strongroom")
+    prefix = f"walt-{uuid.uuid4().hex[:8]}"
+    settings = {
+        "BACKUP_ENCRYPTION_KEY": crypto.generate_key(),
+        "BACKUP_LOCAL_PATH": str(base / "local"),
+        **seaweed.settings("r2", "r2-backups"),
+        **seaweed.settings("b2", "b2-backups"),
+        "R2_PREFIX": prefix,
+        "B2_PREFIX": prefix,
+        "BACKUP_WAL_SPOOL_DIR": str(base / "spool"),
+        "BACKUP_WAL_OPTIONAL_TIMEOUT": "5",
+        "BACKUP_WAL_SKIP_DOWN_SECONDS": "2",
+        "STRONGROOM_CATALOG_URL": f"sqlite:///{base}/catalog.sqlite3",
+    }
+    config_file = base / "strongroom.env"
+    command = f"{launcher} --config {config_file} wal-push %p"
+    pg = PgCluster(settings=archive_settings(command, archive_timeout=60))
+    archive = Archive(pg, base, launcher, config_file, settings, "")
+    archive.write_config(config_file, settings)
+    try:
+        pg.__enter__()
+    except Exception as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"PostgreSQL could not start: {exc}", pytrace=False)
+    archive.scope = str(pg.execute("SELECT system_identifier FROM pg_control_system()")[0][0])
+    pg.execute("CREATE TABLE walt (id bigserial PRIMARY KEY, note text)")
+    yield archive
+    pg.close()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def archived(archive: Archive) -> list[str]:
+    """Three segments switched and archived by PostgreSQL through wal-push."""
+    names = [archive.switch() for _ in range(3)]
+    archive.wait_archived(names[-1])
+    return names
+
+
+def _manifest(archive: Archive, location: str, name: str) -> Manifest:
+    rt = archive.runtime()
+    loc = rt.location(location)
+    key = f"{archive.scope}/wal/{name[:8]}/{name}.manifest.json"
+    return Manifest.from_document(loc.get_bytes(key), rt.keyring)
+
+
+def test_the_archiver_stores_each_segment_in_every_location(
+    archive: Archive, archived: list[str]
+) -> None:
+    last, count, failed = archive.archiver()
+    assert failed == 0 and count >= 3 and last is not None
+    for name in archived:
+        plain = (archive.pg.wal_dir / name).read_bytes()
+        for location in ("local", "r2", "b2"):
+            keys = archive.stored_keys(location, name)
+            assert keys == [
+                f"{archive.scope}/wal/{name[:8]}/{name}.manifest.json",
+                f"{archive.scope}/wal/{name[:8]}/{name}.wal.zst.enc",
+            ], location
+            manifest = _manifest(archive, location, name)
+            assert manifest.kind == "wal" and manifest.id == name
+            assert manifest.extra["plaintext_sha256"] == hashlib.sha256(plain).hexdigest()
+            assert manifest.extra["system_identifier"] == archive.scope
+            assert manifest.extra["timeline"] == 1 and manifest.raw_size == len(plain)
+
+
+def _scratch_copy(archive: Archive, name: str, patch: tuple[int, bytes] | None) -> Path:
+    """A copy of a segment outside the cluster (``STRONGROOM_PGDATA`` names the cluster)."""
+    folder = archive.base / f"scratch-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    _give(folder, 0o700)
+    data = bytearray((archive.pg.wal_dir / name).read_bytes())
+    if patch is not None:
+        offset, replacement = patch
+        data[offset : offset + len(replacement)] = replacement
+    copy = folder / name
+    copy.write_bytes(bytes(data))
+    _give(copy, 0o600)
+    return copy
+
+
+def test_a_repush_of_the_same_content_succeeds_and_other_content_is_refused(
+    archive: Archive, archived: list[str]
+) -> None:
+    name = archived[0]
+    local = archive.local / archive.scope / "wal" / name[:8]
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in local.glob(f"{name}.*")}
+    env = {"STRONGROOM_PGDATA": str(archive.pg.data_dir)}
+
+    same = archive.run("-v", "wal-push", str(_scratch_copy(archive, name, None)), env=env)
+    assert same.returncode == 0, same.stderr
+    assert "already archived" in same.stderr
+
+    other = archive.run("wal-push", str(_scratch_copy(archive, name, (8192, b"X"))), env=env)
+    assert other.returncode == ExitCode.WAL_CONFLICT, other.stderr
+    lines = other.stderr.strip().splitlines()
+    assert len(lines) == 1 and "different content" in lines[0]
+    archived_sha = _manifest(archive, "local", name).extra["plaintext_sha256"]
+    assert archived_sha in lines[0] and "nothing was written" in lines[0]
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in local.glob(f"{name}.*")}
+    assert after == before
+
+
+def test_a_segment_of_another_cluster_is_refused(archive: Archive, archived: list[str]) -> None:
+    foreign = (12345678901234567).to_bytes(8, "little")
+    copy = _scratch_copy(archive, archived[0], (24, foreign))
+    out = archive.run("wal-push", str(copy), env={"STRONGROOM_PGDATA": str(archive.pg.data_dir)})
+    assert out.returncode == ExitCode.WAL_FOREIGN, out.stderr
+    assert "12345678901234567" in out.stderr and archive.scope in out.stderr
+
+
+def test_wal_fetch_returns_the_segment_and_falls_back_past_a_corrupt_copy(
+    archive: Archive, archived: list[str]
+) -> None:
+    name = archived[1]
+    plain = (archive.pg.wal_dir / name).read_bytes()
+    target = archive.base / "restored"
+    target.mkdir(exist_ok=True)
+    _give(target, 0o700)
+    env = {"STRONGROOM_PGDATA": str(archive.pg.data_dir), "BACKUP_WAL_PREFETCH": "0"}
+    got = archive.run("wal-fetch", name, str(target / "RECOVERYXLOG"), env=env)
+    assert got.returncode == 0, got.stderr
+    assert (target / "RECOVERYXLOG").read_bytes() == plain
+
+    stored = archive.local / archive.scope / "wal" / name[:8] / f"{name}.wal.zst.enc"
+    good = stored.read_bytes()
+    broken = bytearray(good)
+    broken[len(broken) // 2] ^= 0xFF
+    stored.write_bytes(bytes(broken))
+    try:
+        again = archive.run("-v", "wal-fetch", name, str(target / "AGAIN"), env=env)
+    finally:
+        stored.write_bytes(good)
+    assert again.returncode == 0, again.stderr
+    assert (target / "AGAIN").read_bytes() == plain
+    assert "from r2" in again.stderr and "local" in again.stderr
+
+
+def test_wal_fetch_says_not_found_only_when_every_location_says_so(archive: Archive) -> None:
+    target = archive.base / "restored"
+    target.mkdir(exist_ok=True)
+    _give(target, 0o700)
+    env = {"STRONGROOM_PGDATA": str(archive.pg.data_dir)}
+    absent = archive.run("wal-fetch", "00000001000000FF000000FE", str(target / "X"), env=env)
+    assert absent.returncode == 1, absent.stderr
+    assert "not archived in any location" in absent.stderr
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    unreachable = {
+        **env,
+        "STRONGROOM_LOCATIONS": "r2,b2",
+        "R2_ENDPOINT_URL": dead,
+        "B2_ENDPOINT_URL": dead,
+        "R2_MAX_ATTEMPTS": "1",
+        "B2_MAX_ATTEMPTS": "1",
+        "BACKUP_WAL_FETCH_RETRIES": "1",
+    }
+    out = archive.run("wal-fetch", "000000010000000000000001", str(target / "Y"), env=unreachable)
+    assert out.returncode == ExitCode.WAL_FETCH_STOP > 125, out.stderr
+    assert "recovery stops" in out.stderr and not (target / "Y").exists()
+    for secret in (
+        archive.settings["R2_SECRET_ACCESS_KEY"],
+        archive.settings["BACKUP_ENCRYPTION_KEY"],
+    ):
+        assert secret not in out.stderr
+
+
+def test_ready_segments_are_pushed_ahead_and_a_later_call_returns_at_once(
+    archive: Archive, archived: list[str]
+) -> None:
+    pg = archive.pg
+    pg.execute("ALTER SYSTEM SET archive_command = ''")  # PostgreSQL keeps them .ready
+    pg.execute("SELECT pg_reload_conf()")
+    time.sleep(0.5)
+    names = [archive.switch() for _ in range(3)]
+    status = pg.wal_dir / "archive_status"
+    assert all((status / f"{n}.ready").exists() for n in names)
+
+    first = archive.run("-v", "wal-push", f"pg_wal/{names[0]}", cwd=pg.data_dir)
+    assert first.returncode == 0, first.stderr
+    assert {p.name for p in (archive.spool / "pushed").iterdir()} >= set(names[1:])
+    for name in names:
+        assert len(archive.stored_keys("b2", name)) == 2
+
+    later = archive.run("-v", "wal-push", f"pg_wal/{names[1]}", cwd=pg.data_dir)
+    assert later.returncode == 0, later.stderr
+    assert "pushed ahead earlier" in later.stderr
+    assert not (archive.spool / "pushed" / names[1]).exists()
+
+    pg.execute("ALTER SYSTEM RESET archive_command")
+    pg.execute("SELECT pg_reload_conf()")
+    archive.wait_archived(names[-1])
+    assert archive.archiver()[2] == 0
+
+
+def test_an_optional_location_down_never_holds_archiving(
+    archive: Archive, archived: list[str]
+) -> None:
+    dead = {**archive.settings, "B2_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    archive.write_config(archive.config_file, {**dead, "B2_MAX_ATTEMPTS": "1"})
+    try:
+        names = [archive.switch() for _ in range(2)]
+        archive.wait_archived(names[-1])
+    finally:
+        archive.write_config(archive.config_file, archive.settings)
+    assert archive.archiver()[2] == 0
+    for name in names:
+        assert len(archive.stored_keys("local", name)) == 2
+        assert len(archive.stored_keys("r2", name)) == 2
+        assert archive.stored_keys("b2", name) == []
+    missed = {p.name for p in (archive.spool / "missed" / "b2").iterdir()}
+    assert set(names) <= missed
