@@ -219,7 +219,7 @@ class Restored:
                 f"\nport = {self.port}\nunix_socket_directories = '{socket}'\n"
                 "archive_mode = off\n"  # its timeline must not join the source's archive
             )
-        _give(self.pgdata)
+        _give(self.pgdata.parent)
         log = self.pgdata.parent / "server.log"
         out = self.pg_ctl("-l", str(log), "-w", "-t", "170", "start")
         if out.returncode != 0:
