@@ -325,13 +325,10 @@ def test_pitr_to_a_time_has_batch_a_and_not_batch_b(
 
 
 def test_pitr_to_a_restore_point_with_no_catalog_and_one_location(
-    history: Source,
-    restored_dirs: list[Restored],
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
+    history: Source, restored_dirs: list[Restored], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fresh = {
-        "STRONGROOM_CATALOG_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+    fresh = {  # the catalog's server is gone with the application: nothing listens there
+        "STRONGROOM_CATALOG_URL": f"postgresql://strongroom@127.0.0.1:{free_port()}/catalog",
         "STRONGROOM_LOCATIONS": "b2",
         "STRONGROOM_REQUIRED_LOCATIONS": "b2",
     }

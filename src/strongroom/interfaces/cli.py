@@ -322,7 +322,8 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
         return commands.demo(args)
     if config is None:
         config = config_from_env(args.config)
-        _open_catalog(args, config)
+        if args.command not in _NO_CATALOG:
+            _open_catalog(args, config)
     handlers: dict[str, Handler] = {
         "backup": commands.backup,
         "list": commands.list_backups,
@@ -341,6 +342,10 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
     }
     return handlers[args.command](args, config)
 
+
+#: Commands for the disaster, when the catalog may be gone with the application database: they
+#: read storage (and the server) only, so an unreachable catalog must not stop them.
+_NO_CATALOG = frozenset({"pitr-restore", "restore-point"})
 
 #: Commands whose answer depends on what the catalog holds: a catalog created empty just now
 #: (deleted, or a wrong STRONGROOM_CATALOG_URL) must not pass for "no backups" silently.
