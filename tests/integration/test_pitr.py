@@ -32,7 +32,7 @@ from strongroom.catalog import bootstrap, store
 from strongroom.config import load_config
 from strongroom.core import crypto
 from strongroom.core.manifest import Manifest, manifest_key_for
-from strongroom.errors import ExitCode, WalNotArchived
+from strongroom.errors import ExitCode
 from strongroom.interfaces.cli import main
 from strongroom.sandbox.demo_data import table_digests
 from strongroom.sandbox.launcher import write_launcher
@@ -41,6 +41,7 @@ from strongroom.sandbox.ports import free_port
 from strongroom.sandbox.seaweed import SeaweedServer
 from strongroom.services import base_backup
 from strongroom.services.runtime import Runtime
+from strongroom.services.verify import verify_backup
 
 pytestmark = pytest.mark.integration
 
@@ -305,6 +306,8 @@ def test_base_backup_is_catalogued_with_its_wal_and_stored_everywhere(history: S
         assert manifest.extra["wal_confirmed_in"] == ["local"]
         for name in (meta["start_wal"], meta["stop_wal"]):
             loc.stat(base_backup.wal_manifest_key(history.scope, name))
+    checked = verify_backup(history.config(), report.id)  # verify needs nothing kind-specific
+    assert checked.ok and checked.status == "VERIFIED", checked.problems()
 
 
 def test_pitr_to_a_time_has_batch_a_and_not_batch_b(
@@ -359,15 +362,18 @@ def test_a_non_empty_directory_is_refused_with_one_line(
 
 
 def test_base_backup_fails_when_its_wal_is_missing_in_a_required_location(
-    history: Source,
+    history: Source, capsys: pytest.CaptureFixture[str]
 ) -> None:
     elsewhere = {
         "R2_PREFIX": f"nowal-{uuid.uuid4().hex[:8]}",
         "STRONGROOM_REQUIRED_LOCATIONS": "local,r2",
         "BACKUP_WAL_CONFIRM_TIMEOUT": "1",
     }
-    with pytest.raises(WalNotArchived, match=r"r2: 0000000100"):
-        base_backup.run_base_backup(history.config(**elsewhere))
+    capsys.readouterr()
+    assert _main(history, "base-backup", "--json", env=elsewhere) == ExitCode.BACKUP_INCOMPLETE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("strongroom: error: the base backup's WAL is not")
+    assert "r2: 0000000100" in err[0] and "BACKUP_WAL_CONFIRM_TIMEOUT" in err[0]
     failed = store.list_backups(history.scope, 1)[0]
     assert failed.status == "FAILED" and "not archived" in failed.error
     rt = history.runtime(**elsewhere)
