@@ -8,16 +8,20 @@ OS user with only its config file), SeaweedFS as R2 and B2, segments forced with
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -330,3 +334,143 @@ def test_an_optional_location_down_never_holds_archiving(
         assert archive.stored_keys("b2", name) == []
     missed = {p.name for p in (archive.spool / "missed" / "b2").iterdir()}
     assert set(names) <= missed
+
+
+def _verify(archive: Archive) -> tuple[int, dict[str, Any]]:
+    out = archive.run("wal-verify", "--json")
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_wal_verify_names_the_gap_and_heal_fills_it(archive: Archive, archived: list[str]) -> None:
+    missed = sorted(p.name for p in (archive.spool / "missed" / "b2").iterdir())
+    assert missed, "the optional-location test leaves files b2 missed"
+    code, doc = _verify(archive)
+    assert code == ExitCode.WAL_GAP, doc
+    (cluster,) = doc["clusters"]
+    assert cluster["system_identifier"] == archive.scope and cluster["timelines"] == [1]
+    gaps = {(g["location"], g["name"]) for g in cluster["gaps"]}
+    assert gaps == {("b2", name) for name in missed}
+    assert doc["missing"] == {"local": 0, "r2": 0, "b2": len(missed)}
+    assert doc["newest"] == cluster["newest"] >= missed[-1]
+
+    healed = archive.run("heal", "--all")
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    for name in missed:
+        assert f"{name}  copied from local" in healed.stdout
+        assert len(archive.stored_keys("b2", name)) == 2
+    assert not list((archive.spool / "missed" / "b2").iterdir())
+
+    code, doc = _verify(archive)
+    assert code == 0, doc
+    assert doc["missing"] == {"local": 0, "r2": 0, "b2": 0}
+    with sqlite3.connect(archive.base / "catalog.sqlite3") as db:
+        rows = db.execute(
+            "SELECT data FROM strongroom_backupevent WHERE kind = 'wal_verify' ORDER BY id"
+        ).fetchall()
+    assert [json.loads(r[0])["missing"]["b2"] for r in rows][-2:] == [len(missed), 0]
+
+
+def test_wal_verify_finds_a_damaged_copy(archive: Archive, archived: list[str]) -> None:
+    name = archived[2]
+    stored = archive.local / archive.scope / "wal" / name[:8] / f"{name}.wal.zst.enc"
+    good = stored.read_bytes()
+    stored.write_bytes(good + b"tail")
+    try:
+        code, doc = _verify(archive)
+    finally:
+        stored.write_bytes(good)
+    assert code == ExitCode.WAL_GAP
+    (gap,) = doc["clusters"][0]["gaps"]
+    assert (gap["location"], gap["name"]) == ("local", name) and "corrupt" in gap["problem"]
+
+
+def test_check_reports_archiving_health(archive: Archive, archived: list[str]) -> None:
+    env = {"DATABASE_URL": archive.pg.url(), "STRONGROOM_PGDATA": str(archive.pg.data_dir)}
+    out = archive.run("check", "--json", env=env)
+    probes = {p["name"]: p for p in json.loads(out.stdout)["checks"]}
+    wal_line = probes["wal archive"]
+    assert wal_line["ok"], wal_line
+    last, _, _ = archive.archiver()
+    assert f"last archived {last}" in wal_line["detail"]
+    assert "0 failed" in wal_line["detail"] and "none waiting" in wal_line["detail"]
+
+    archive.pg.execute("ALTER SYSTEM SET archive_command = ''")
+    archive.pg.execute("SELECT pg_reload_conf()")
+    try:
+        time.sleep(0.5)
+        waiting = archive.switch()
+        stale = archive.run("check", "--json", env={**env, "BACKUP_WAL_MAX_AGE_SECONDS": "0.001"})
+    finally:
+        archive.pg.execute("ALTER SYSTEM RESET archive_command")
+        archive.pg.execute("SELECT pg_reload_conf()")
+    line = {p["name"]: p for p in json.loads(stale.stdout)["checks"]}["wal archive"]
+    assert not line["ok"] and stale.returncode == ExitCode.CHECK_FAILED
+    assert f"1 waiting, oldest {waiting}" in line["detail"]
+    assert "older than BACKUP_WAL_MAX_AGE_SECONDS" in line["detail"]
+    archive.wait_archived(waiting)
+
+
+def _fake_base_backup(archive: Archive, location: str, start_wal: str) -> None:
+    """A base backup's manifest (kind ``base``) starting at ``start_wal``, as base-backup
+    writes it beside its tar: all that WAL retention reads."""
+    rt = archive.runtime()
+    now = datetime.now(UTC)
+    manifest = Manifest(
+        id="basefake1",
+        kind="base",
+        database=archive.scope,
+        server_version="",
+        pg_dump_version="",
+        started_at=now,
+        finished_at=now,
+        raw_size=0,
+        compressed_size=0,
+        stored_size=0,
+        sha256="0" * 64,
+        codec="zstd",
+        codec_level=3,
+        cipher=crypto.CIPHER_NAME,
+        key_id=rt.keyring.primary_id,
+        object_key=f"{archive.scope}/base/x/basefake1.tar.zst.enc",
+        extra={"start_wal": start_wal, "timeline": 1, "wal_segment_size": 16 * 1024 * 1024},
+    )
+    key = f"{archive.scope}/base/{now:%Y/%m/%d}/basefake1.manifest.json"
+    rt.location(location).put_bytes(key, manifest.to_document(rt.keyring))
+    if location == "local":
+        base = archive.local / archive.scope / "base"
+        for path in [base, *base.rglob("*")]:
+            _give(path, 0o700 if path.is_dir() else 0o600)
+
+
+def test_prune_keeps_the_wal_every_kept_base_backup_needs(
+    archive: Archive, archived: list[str]
+) -> None:
+    before = {loc: set(_wal_names(archive, loc)) for loc in ("local", "r2", "b2")}
+    older = sorted(n for n in before["local"] if n < archived[1])
+    assert older, "segments before the base backup's start"
+    _fake_base_backup(archive, "local", archived[1])
+
+    dry = archive.run("prune", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    plan = {p["location"]: p for p in json.loads(dry.stdout)["wal"]}
+    assert "local" in plan, dry.stdout
+    assert sorted(plan["local"]["deleted"]) == older
+    assert plan["r2"]["deleted"] == [] and "no base backup" in plan["r2"]["reason"]
+    assert set(_wal_names(archive, "local")) == before["local"]
+
+    done = archive.run("prune")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert set(_wal_names(archive, "local")) == before["local"] - set(older)
+    assert {loc: set(_wal_names(archive, loc)) for loc in ("r2", "b2")} == {
+        loc: before[loc] for loc in ("r2", "b2")
+    }
+    code, doc = _verify(archive)
+    assert code == 0, doc
+    assert doc["clusters"][0]["first_needed"]["local"] == archived[1]
+
+
+def _wal_names(archive: Archive, location: str) -> list[str]:
+    loc = archive.runtime().location(location)
+    return sorted(
+        {o.key.rsplit("/", 1)[-1].split(".")[0] for o in loc.list(f"{archive.scope}/wal/")}
+    )

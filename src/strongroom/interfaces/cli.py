@@ -148,6 +148,16 @@ def _wal_commands(sub: Any) -> None:
     )
     wf.add_argument("name", help="the WAL file name (%%f)")
     wf.add_argument("dest", help="where to write it (%%p)")
+    wv = sub.add_parser(
+        "wal-verify", help="check every WAL segment a restore needs is in every location"
+    )
+    _json(wv)
+    wv.add_argument(
+        "--deep", action="store_true", help="re-read every copy (default: manifest and size)"
+    )
+    wv.add_argument(
+        "--system-id", metavar="ID", help="only this cluster (default: every one archived)"
+    )
 
 
 def _tenant_commands(sub: Any) -> None:
@@ -281,8 +291,9 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
         return _archiver_exit(args, ExitCode.FAILED, exc)
 
 
-#: Run by PostgreSQL once per WAL file as its OS user: no catalog, and a fast start.
-_ARCHIVER_COMMANDS = frozenset({"wal-push", "wal-fetch"})
+#: Run by PostgreSQL once per WAL file as its OS user: no catalog, and a fast start (and
+#: ``wal-verify``, which records in the catalog only when one can be opened).
+_ARCHIVER_COMMANDS = frozenset({"wal-push", "wal-fetch", "wal-verify"})
 
 
 def _archiver_command(args: argparse.Namespace, config: Config | None) -> int:
@@ -291,6 +302,7 @@ def _archiver_command(args: argparse.Namespace, config: Config | None) -> int:
     handlers: dict[str, Handler] = {
         "wal-push": wal_commands.wal_push,
         "wal-fetch": wal_commands.wal_fetch,
+        "wal-verify": wal_commands.wal_verify,
     }
     return handlers[args.command](args, config or config_from_env(args.config))
 

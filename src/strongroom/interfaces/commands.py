@@ -204,6 +204,7 @@ def prune(args: argparse.Namespace, config: Config) -> int:
                     }
                     for d in report.plan.decisions
                 ],
+                "wal": [vars(p) for p in report.wal.locations] if report.wal else None,
             }
         )
     else:
@@ -217,6 +218,10 @@ def prune(args: argparse.Namespace, config: Config) -> int:
             line = f"{'deleted' if c.ok else 'FAILED':<7} {c.location:<8} {c.backup_id}"
             render.out.print(f"{line}  {c.reason}: {c.detail}", soft_wrap=True)
         render.out.print(render.prune_summary(dry_run=report.dry_run, **report.counts()))
+        for p in report.wal.locations if report.wal else []:
+            verb = "would delete" if report.dry_run else "deleted"
+            what = p.error or f"{verb} {len(p.deleted)}, kept {p.kept}: {p.reason}"
+            render.out.print(f"{'FAIL' if p.error else 'wal '} {p.location:<8} {what}")
     if not report.ok:
         render.err.print(f"strongroom: error: prune incomplete: {report.problems()}")
         return ExitCode.PRUNE_INCOMPLETE
@@ -233,6 +238,7 @@ def heal(args: argparse.Namespace, config: Config) -> int:
                 "ok": report.ok,
                 "checked": report.checked,
                 "repairs": [vars(r) for r in report.repairs],
+                "wal": [vars(r) for r in report.wal.repairs] if report.wal else None,
             }
         )
     else:
@@ -243,6 +249,9 @@ def heal(args: argparse.Namespace, config: Config) -> int:
             f"checked {report.checked} backup(s): healed {len(report.healed)}, "
             f"failed {len(report.failures)}"
         )
+        for w in report.wal.repairs if report.wal else []:
+            mark = "ok  " if w.ok else "FAIL"
+            render.out.print(f"{mark} {w.location:<8} {w.name}  {w.detail}", soft_wrap=True)
     if not report.ok:
         render.err.print(f"strongroom: error: heal incomplete: {report.problems()}")
         return ExitCode.HEAL_INCOMPLETE

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from strongroom.config import Config
 from strongroom.errors import ExitCode
 
+if TYPE_CHECKING:
+    from strongroom.services.wal_verify import WalVerifyReport
+
 log = logging.getLogger("strongroom.wal")
+#: The catalog event of each ``wal-verify`` run (its ``data``: missing per location, newest).
+WAL_VERIFY_EVENT = "wal_verify"
 
 
 def wal_push(args: argparse.Namespace, config: Config) -> int:
@@ -41,3 +47,84 @@ def wal_fetch(args: argparse.Namespace, config: Config) -> int:
     if fetched.prefetched:
         log.info("prefetched: %s", ", ".join(fetched.prefetched))
     return ExitCode.OK
+
+
+def wal_verify(args: argparse.Namespace, config: Config) -> int:
+    from strongroom.interfaces import render
+    from strongroom.services.wal_verify import verify_wal
+
+    report = verify_wal(config, scope=args.system_id, deep=args.deep)
+    recorded = _record_verify(config, report)
+    if args.json:
+        render.emit_json({"ok": report.ok and bool(report.clusters), **_verify_doc(report)})
+    else:
+        for cluster in report.clusters:
+            render.out.print(
+                f"cluster {cluster.scope}: timelines {cluster.timelines or '-'}, newest "
+                f"{cluster.newest or '-'}"
+            )
+            for loc in cluster.locations:
+                why = cluster.unreadable.get(loc)
+                count = cluster.missing.get(loc, 0)
+                mark = "ok  " if not why and not count else "FAIL"
+                detail = why or (
+                    f"{cluster.checked.get(loc, 0)} file(s) from "
+                    f"{cluster.first_needed.get(loc) or '-'} checked, {count} missing or damaged"
+                )
+                render.out.print(f"{mark} {loc:<8} {detail}", soft_wrap=True)
+            for gap in cluster.gaps:
+                render.out.print(f"gap  {gap.location:<8} {gap.name}  {gap.problem}")
+    if recorded:
+        render.err.print(f"strongroom: warning: not recorded in the catalog: {recorded}")
+    if not report.clusters:
+        render.err.print(
+            "strongroom: error: no archived WAL found in any required location: is "
+            "archive_command set to `strongroom wal-push %p` with this config?"
+        )
+        return ExitCode.WAL_GAP
+    if not report.ok:
+        gaps = sum(len(c.gaps) for c in report.clusters)
+        render.err.print(f"strongroom: error: the WAL archive has {gaps} gap(s)")
+        return ExitCode.WAL_GAP
+    return ExitCode.OK
+
+
+def _verify_doc(report: WalVerifyReport) -> dict[str, object]:
+    return {
+        **report.event_data(),
+        "clusters": [
+            {
+                "system_identifier": c.scope,
+                "timelines": c.timelines,
+                "newest": c.newest,
+                "first_needed": c.first_needed,
+                "checked": c.checked,
+                "base_backups": c.base_backups,
+                "missing": c.missing,
+                "unreadable": c.unreadable,
+                "gaps": [vars(g) for g in c.gaps],
+            }
+            for c in report.clusters
+        ],
+    }
+
+
+def _record_verify(config: Config, report: WalVerifyReport) -> str:
+    """The result as a ``wal_verify`` event, when a catalog can be opened; else why not."""
+    from strongroom.catalog import bootstrap
+    from strongroom.errors import StrongroomError
+
+    try:
+        bootstrap.ensure_django(config.catalog_url)
+        from strongroom.catalog import store
+
+        gaps = sum(len(c.gaps) for c in report.clusters)
+        store.record_event(
+            None,
+            WAL_VERIFY_EVENT,
+            message="no gaps" if report.ok else f"{gaps} gap(s)",
+            data=report.event_data(),
+        )
+    except StrongroomError as exc:
+        return str(exc)
+    return ""

@@ -40,6 +40,7 @@ from strongroom.errors import IntegrityError, ObjectNotFound, StorageError, Stro
 from strongroom.services.prune import pending_deletions
 from strongroom.services.runtime import Runtime
 from strongroom.services.verify import UNREACHABLE, CopyCheck, absent_copies, check_copy
+from strongroom.services.wal_heal import WalHealReport, heal_wal
 
 log = logging.getLogger("strongroom.heal")
 
@@ -63,6 +64,8 @@ class Repair:
 class HealReport:
     checked: int = 0
     repairs: list[Repair] = field(default_factory=list)
+    #: WAL files back-filled (``None`` when one backup was asked for).
+    wal: WalHealReport | None = None
 
     @property
     def healed(self) -> list[Repair]:
@@ -74,10 +77,12 @@ class HealReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and (self.wal is None or self.wal.ok)
 
     def problems(self) -> str:
-        return "; ".join(f"{r.backup_id} in {r.location}: {r.detail}" for r in self.failures)
+        copies = [f"{r.backup_id} in {r.location}: {r.detail}" for r in self.failures]
+        wal = [self.wal.problems()] if self.wal is not None and not self.wal.ok else []
+        return "; ".join([*copies, *wal])
 
 
 def heal_backups(
@@ -103,7 +108,19 @@ def heal_backups(
             report.repairs.extend(_BackupHeal(runtime, bid, deep, clock(), pending).run())
         except StrongroomError as exc:  # the backup vanished from the catalog mid-run
             report.repairs.append(Repair(bid, "", "unreadable", detail=str(exc)))
+    if backup_id is None:
+        report.wal = _heal_wal(config)
     return report
+
+
+def _heal_wal(config: Config) -> WalHealReport:
+    """WAL files an optional location missed while it was down (no catalog row to go by)."""
+    try:
+        return heal_wal(config)
+    except StrongroomError as exc:
+        failed = WalHealReport()
+        failed.unreadable["wal"] = str(exc)
+        return failed
 
 
 class _BackupHeal:

@@ -15,14 +15,16 @@ nothing else.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 
 from strongroom.catalog import bootstrap, store
 from strongroom.config import Config
-from strongroom.core import deadline, postgres
+from strongroom.core import deadline, postgres, wal
 from strongroom.core.crypto import Keyring
 from strongroom.core.deadline import Pending
 from strongroom.core.manifest import MANIFEST_SUFFIX
@@ -54,6 +56,9 @@ def run_checks(config: Config, *, now: datetime | None = None) -> HealthReport:
     locations = _LocationProbes(config)  # running while the rest is checked
     report.probes.append(_key_probe(config))
     report.probes.append(_database_probe(config))
+    wal = _wal_probe(config, now or datetime.now(UTC))
+    if wal is not None:
+        report.probes.append(wal)
     catalog = _catalog_probes(config, now or datetime.now(UTC), locations)
     report.probes.extend(locations.probes())
     report.probes.extend(catalog)
@@ -82,6 +87,80 @@ def _database_probe(config: Config) -> Probe:
         f"{target}: PostgreSQL {pre.server_version}, {len(pre.tables)} tables, "
         f"role {pre.role} {how}",
     )
+
+
+def _wal_probe(config: Config, now: datetime) -> Probe | None:
+    """WAL archiving's health as the server sees it, when archiving is on (else one note)."""
+    try:
+        status = postgres.archiver_status(postgres.ConnInfo.parse(config.database_url))
+    except StrongroomError:
+        return None  # the database probe already says why
+    if status.archive_mode == "off":
+        return Probe("wal archive", True, "archive_mode is off (docs/wal.md)", required=False)
+    return wal_archive_probe(
+        status, _ready_segments(config, status), now, config.wal.max_age_seconds
+    )
+
+
+def _ready_segments(config: Config, status: postgres.ArchiverStatus) -> list[str] | None:
+    """Files PostgreSQL has marked ready and not yet archived, oldest first (``None``: the data
+    directory cannot be read here; ``STRONGROOM_PGDATA`` names it)."""
+    where = config.wal.pgdata or status.data_directory
+    folder = Path(where) / "pg_wal" / "archive_status" if where else None
+    if folder is None or not os.access(folder, os.R_OK | os.X_OK):
+        return None
+    try:
+        return sorted(p.name[: -len(".ready")] for p in folder.glob("*.ready"))
+    except OSError:
+        return None
+
+
+def wal_archive_probe(
+    status: postgres.ArchiverStatus, ready: list[str] | None, now: datetime, max_age: float
+) -> Probe:
+    """One line: the last archived segment and its age, failures, what waits; FAIL when the
+    last archive is older than ``max_age`` seconds while WAL waits to be archived."""
+    parts: list[str] = []
+    age: float | None = None
+    if status.last_archived_wal and status.last_archived_time:
+        age = (now - status.last_archived_time).total_seconds()
+        parts.append(f"last archived {status.last_archived_wal} {age:.0f} s ago")
+    else:
+        parts.append("nothing archived yet")
+    failing = status.last_failed_time is not None and (
+        status.last_archived_time is None or status.last_failed_time > status.last_archived_time
+    )
+    failed = f"{status.failed_count} failed"
+    parts.append(f"{failed}, failing at {status.last_failed_wal}" if failing else failed)
+    if ready is None:
+        parts.append("waiting segments unknown (set STRONGROOM_PGDATA where pg_wal is readable)")
+        waiting = failing or _behind(status)
+    elif ready:
+        parts.append(f"{len(ready)} waiting, oldest {ready[0]}")
+        waiting = True
+    else:
+        parts.append("none waiting")
+        waiting = False
+    ok = not waiting or (age is not None and age <= max_age)
+    if not ok:
+        parts.append(f"older than BACKUP_WAL_MAX_AGE_SECONDS ({max_age:g} s)")
+    return Probe("wal archive", ok, ", ".join(parts))
+
+
+def _behind(status: postgres.ArchiverStatus) -> bool:
+    """Whether a completed segment is not archived yet, as far as the server's counters tell."""
+    last, current = status.last_archived_wal, status.current_wal
+    if not current:
+        return False
+    if not last:
+        return True
+    if last[:8] != current[:8] or status.wal_segment_size not in wal.SEGMENT_SIZES:
+        return False
+    size = status.wal_segment_size
+    try:
+        return wal.segment_number(current, size) > wal.segment_number(last[:24], size) + 1
+    except ValueError:  # the last archived file was a history file or a backup label
+        return False
 
 
 class _LocationProbes:

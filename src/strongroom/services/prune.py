@@ -34,6 +34,7 @@ from strongroom.core.retention import (
 from strongroom.core.storage.base import Location
 from strongroom.errors import BackupNotFound, ConfigError, StrongroomError
 from strongroom.services.runtime import build_locations
+from strongroom.services.wal_prune import WalPruneLocation, WalPruneReport, prune_wal
 
 log = logging.getLogger("strongroom.prune")
 
@@ -60,6 +61,8 @@ class PruneReport:
     plan: RetentionPlan
     deleted: list[PrunedCopy] = field(default_factory=list)
     resumed: list[PrunedCopy] = field(default_factory=list)
+    #: WAL retention (``None`` when not run: one database asked for, or no key to read with).
+    wal: WalPruneReport | None = None
 
     @property
     def failures(self) -> list[PrunedCopy]:
@@ -81,10 +84,12 @@ class PruneReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and (self.wal is None or self.wal.ok)
 
     def problems(self) -> str:
-        return "; ".join(f"{c.backup_id} in {c.location}: {c.error}" for c in self.failures)
+        copies = [f"{c.backup_id} in {c.location}: {c.error}" for c in self.failures]
+        wal = [self.wal.problems()] if self.wal is not None and not self.wal.ok else []
+        return "; ".join([*copies, *wal])
 
 
 def retention_policy(config: Config, clock: Clock = system_clock) -> RetentionPolicy:
@@ -134,10 +139,22 @@ def prune_backups(
     report = PruneReport(plan.now, dry_run, plan, resumed=resumed)
     if dry_run:
         report.deleted = [_pruned(d) for d in plan.to_delete]
-        return report
-    for decision in plan.to_delete:
-        report.deleted.append(_delete(decision, by_name, unconfigured))
+    else:
+        for decision in plan.to_delete:
+            report.deleted.append(_delete(decision, by_name, unconfigured))
+    if database is None and config.encryption_key:
+        report.wal = _prune_wal(config, dry_run)
     return report
+
+
+def _prune_wal(config: Config, dry_run: bool) -> WalPruneReport:
+    """WAL goes after the base backups' copies, so it is judged by the ones still kept."""
+    try:
+        return prune_wal(config, dry_run=dry_run)
+    except StrongroomError as exc:
+        failed = WalPruneReport(dry_run)
+        failed.locations.append(WalPruneLocation("", "", error=str(exc)))
+        return failed
 
 
 def _pruned(d: Decision, error: str = "") -> PrunedCopy:

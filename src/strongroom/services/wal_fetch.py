@@ -212,3 +212,10 @@ def _write_atomically(target: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def read_archived(runtime: Runtime, scope: str, name: str) -> bytes:
+    """The checked plaintext of archived ``name`` from the first location with a good copy
+    (one round: for verify and heal, which report rather than wait)."""
+    data, _, _ = _Fetcher(runtime, scope).fetch(name, rounds=1)
+    return data

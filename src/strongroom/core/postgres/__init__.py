@@ -8,12 +8,14 @@
 * ``restore``: the target database, pg_restore, the restored row counts, undoing a failed run.
 * ``replace``: ``--replace`` as a restore beside the target and a swap of names at the end.
 * ``roles``: the least-privilege backup role of ``strongroom setup-role``.
+* ``archiver``: ``pg_stat_archiver`` and the archiving settings, for ``strongroom check``.
 
 Callers use the names re-exported here (``postgres.preflight(...)``), not the modules.
 """
 
 from __future__ import annotations
 
+from strongroom.core.postgres.archiver import ArchiverStatus, archiver_status
 from strongroom.core.postgres.binaries import binary_version, find_binary
 from strongroom.core.postgres.conninfo import ConnInfo
 from strongroom.core.postgres.dump import DumpProcess, exported_snapshot, start_dump
@@ -31,6 +33,7 @@ from strongroom.core.postgres.roles import apply_setup_role, setup_role_sql, set
 from strongroom.core.postgres.tables import TableRef, count_rows
 
 __all__ = [
+    "ArchiverStatus",
     "ConnInfo",
     "DumpProcess",
     "Preflight",
@@ -38,6 +41,7 @@ __all__ = [
     "TableRef",
     "TargetMark",
     "apply_setup_role",
+    "archiver_status",
     "binary_version",
     "count_rows",
     "exported_snapshot",
