@@ -42,6 +42,7 @@ from strongroom.sandbox.seaweed import SeaweedServer
 from strongroom.services import base_backup
 from strongroom.services.runtime import Runtime
 from strongroom.services.verify import verify_backup
+from strongroom.services.wal_verify import verify_wal
 
 pytestmark = pytest.mark.integration
 
@@ -308,6 +309,9 @@ def test_base_backup_is_catalogued_with_its_wal_and_stored_everywhere(history: S
             loc.stat(base_backup.wal_manifest_key(history.scope, name))
     checked = verify_backup(history.config(), report.id)  # verify needs nothing kind-specific
     assert checked.ok and checked.status == "VERIFIED", checked.problems()
+    (cluster,) = verify_wal(history.config(), scope=history.scope, deep=False).clusters
+    assert cluster.gaps == []  # and wal-verify pairs the archive with this base backup:
+    assert cluster.first_needed == dict.fromkeys(LOCATIONS, meta["start_wal"])
 
 
 def test_pitr_to_a_time_has_batch_a_and_not_batch_b(

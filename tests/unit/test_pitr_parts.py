@@ -109,18 +109,19 @@ def test_backup_facts_come_from_the_label_and_the_manifest_wal_ranges() -> None:
         basebackup.read_backup_facts(b"", b"{}")
 
 
-def test_wal_file_names_follow_postgresql() -> None:
+def test_the_wal_a_base_backup_needs_runs_from_its_start_to_its_stop() -> None:
     size = 16 << 20
-    assert basebackup.parse_lsn("1/A0000028") == (1 << 32) | 0xA0000028
-    assert basebackup.segment_name(1, basebackup.parse_lsn("1/A0000028"), size) == (
-        "0000000100000001000000A0"
-    )
-    assert basebackup.segment_name(3, 0, 1 << 30) == "000000030000000000000000"
+    facts = basebackup.BackupFacts("1/A0000028", "1/A2000100", 1, "", "")
+    assert basebackup.segments_between(facts, size) == [
+        "0000000100000001000000A0",
+        "0000000100000001000000A1",
+        "0000000100000001000000A2",
+    ]
     # a stop LSN on a segment boundary ends the segment before it (XLByteToPrevSeg)
     facts = basebackup.BackupFacts("0/2000028", "0/3000000", 1, "", "")
     assert basebackup.segments_between(facts, size) == ["000000010000000000000002"]
-    with pytest.raises(ValueError):
-        basebackup.parse_lsn("yesterday")
+    big = basebackup.BackupFacts("0/40000028", "0/40000100", 3, "", "")
+    assert basebackup.segments_between(big, 1 << 30) == ["000000030000000000000001"]
 
 
 def test_recovery_settings_quote_the_command_and_never_need_a_secret(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 from strongroom.catalog import store
 from strongroom.config import CONFIG_FILE_VAR, Config
 from strongroom.core.postgres import recovery
-from strongroom.core.postgres.basebackup import parse_lsn
 from strongroom.core.status import BackupStatus
+from strongroom.core.wal import parse_lsn
 from strongroom.errors import ConfigError, ExitCode
 from strongroom.interfaces import render
 from strongroom.services import base_backup, pitr

@@ -26,7 +26,7 @@ from typing import Any
 
 from strongroom.catalog import store
 from strongroom.config import Config
-from strongroom.core import postgres
+from strongroom.core import postgres, wal
 from strongroom.core.locking import database_lock
 from strongroom.core.manifest import (
     Manifest,
@@ -122,10 +122,10 @@ class _BaseRun:
 
     def _manifest(self, result: StreamResult, facts: BackupFacts) -> Manifest:
         """Built once pg_basebackup ended cleanly; first the backup's WAL must be confirmed."""
-        wal = basebackup.segments_between(facts, self.cluster.wal_segment_size)
-        offset = basebackup.parse_lsn(facts.start_lsn) % self.cluster.wal_segment_size
-        history = f"{wal[0]}.{offset:08X}.backup"
-        self.confirmed = confirm_archived(self.rt, self.scope, [*wal, history])
+        segments = basebackup.segments_between(facts, self.cluster.wal_segment_size)
+        offset = wal.parse_lsn(facts.start_lsn) % self.cluster.wal_segment_size
+        history = f"{segments[0]}.{offset:08X}.backup"
+        self.confirmed = confirm_archived(self.rt, self.scope, [*segments, history])
         c = self.cluster
         return Manifest(
             id=self.id,
@@ -143,8 +143,8 @@ class _BaseRun:
                 "system_identifier": c.system_identifier,
                 "server_version_num": c.server_version_num,
                 "wal_segment_size": c.wal_segment_size,
-                "start_wal": wal[0],
-                "stop_wal": wal[-1],
+                "start_wal": segments[0],
+                "stop_wal": segments[-1],
                 "backup_history_file": history,
                 "wal_confirmed_in": self.confirmed,
                 "backup_label": self._label_text(),

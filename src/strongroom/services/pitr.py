@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 from strongroom.config import Config
+from strongroom.core import wal
 from strongroom.core.manifest import MANIFEST_SUFFIX, Manifest
 from strongroom.core.postgres import ConnInfo, basebackup, recovery
 from strongroom.core.postgres.binaries import find_binary
@@ -56,7 +57,7 @@ class BaseCandidate:
 
     @property
     def stop_lsn(self) -> int:
-        return basebackup.parse_lsn(str(self.manifest.extra.get("stop_lsn", "0/0")))
+        return wal.parse_lsn(str(self.manifest.extra.get("stop_lsn", "0/0")))
 
 
 @dataclass
@@ -212,7 +213,7 @@ def _before(candidate: BaseCandidate, target: RecoveryTarget) -> bool:
     if target.kind == "time":
         return candidate.manifest.finished_at < parse_time(target.value)
     if target.kind == "lsn":
-        return candidate.stop_lsn <= basebackup.parse_lsn(target.value)
+        return candidate.stop_lsn <= wal.parse_lsn(target.value)
     return True  # a name's position is known only to the WAL; latest: the newest
 
 

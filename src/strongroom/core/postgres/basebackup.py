@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 
 from psycopg import sql
 
+from strongroom.core import wal
 from strongroom.core.postgres.binaries import StderrDrain, find_binary
 from strongroom.core.postgres.children import spawn, terminate
 from strongroom.core.postgres.conninfo import ConnInfo
@@ -35,7 +35,6 @@ from strongroom.core.tarstream import Capture, TarStream
 from strongroom.errors import DumpFailed, IntegrityError
 
 LABEL, BACKUP_MANIFEST = "backup_label", "backup_manifest"
-_LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 
 
 @dataclass(frozen=True)
@@ -99,28 +98,11 @@ def read_backup_facts(label: bytes, manifest: bytes) -> BackupFacts:
         raise IntegrityError(f"the base backup's backup_manifest is unreadable: {exc}") from None
 
 
-def parse_lsn(text: str) -> int:
-    """``'0/2000028'`` as an integer; ``ValueError`` for anything else."""
-    match = _LSN.fullmatch(text.strip())
-    if not match:
-        raise ValueError(f"{text!r} is not an LSN (like 0/16B3748)")
-    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
-
-
-def segment_name(timeline: int, lsn: int, segment_size: int) -> str:
-    """The WAL file holding byte ``lsn`` (PostgreSQL's ``XLogFileName``)."""
-    per_id = 0x100000000 // segment_size
-    segno = lsn // segment_size
-    return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
-
-
 def segments_between(facts: BackupFacts, segment_size: int) -> list[str]:
     """Every WAL file from the one holding the start LSN to the one the stop LSN ends."""
-    first = parse_lsn(facts.start_lsn) // segment_size
-    last = max(first, (parse_lsn(facts.stop_lsn) - 1) // segment_size)
-    return [
-        segment_name(facts.timeline, n * segment_size, segment_size) for n in range(first, last + 1)
-    ]
+    first = wal.parse_lsn(facts.start_lsn) // segment_size
+    last = max(first, (wal.parse_lsn(facts.stop_lsn) - 1) // segment_size)
+    return [wal.segment_name(facts.timeline, n, segment_size) for n in range(first, last + 1)]
 
 
 @dataclass
