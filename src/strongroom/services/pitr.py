@@ -5,15 +5,17 @@ Works with no catalog at all: the base backups are found from their manifests in
 disaster-recovery path finds dumps, so the package, the key and one location's credentials are
 enough. The catalog is not consulted even when it exists: storage is what a restore reads.
 
-The chosen copy streams through the one read-back primitive (``core/readback.py``: every
-segment authenticated, SHA-256 of the stored object, decrypted size) straight into the tar
-extractor, no temporary file. A copy that fails any check is removed from the directory and
-the next location's copy is tried. Only once a copy extracted whole are the recovery settings
-written (``core/postgres/recovery.py``): ``restore_command`` runs this tool's ``wal-fetch`` with
-the same config file, the target, ``recovery_target_action = promote``,
-``recovery_target_timeline = latest`` and ``recovery.signal``. Starting the server is left to
-the operator, with the one command printed: the recovered server should be started by the OS
-user and service manager that will run it.
+The chosen copy streams through the one read-back primitive (``core/readback.py``) straight
+into the tar extractor, no temporary file. Every byte written has been authenticated first (the
+cipher releases a segment only once its tag checked); the SHA-256 of the stored object and the
+decrypted size are known only at the end, so a copy that fails them, or any other check, is
+removed from the directory again and the next location's copy is tried. Only once a copy
+extracted whole are the recovery settings written (``core/postgres/recovery.py``):
+``restore_command`` runs this tool's ``wal-fetch`` with the same config file, the target,
+``recovery_target_action = promote``, ``recovery_target_timeline = latest`` and
+``recovery.signal``. Starting the server is left to the operator, with the one command
+printed: the recovered server should be started by the OS user and service manager that will
+run it.
 """
 
 from __future__ import annotations
@@ -175,8 +177,8 @@ def find_base_backups(runtime: Runtime) -> list[BaseCandidate]:
 
 
 def _is_base_manifest(key: str) -> bool:
-    parts = key.split("/")
-    return key.endswith(MANIFEST_SUFFIX) and len(parts) >= 3 and parts[-5:-4] == ["base"]
+    """``<scope>/base/YYYY/MM/DD/<id>.manifest.json``: read only these, not every WAL file's."""
+    return key.endswith(MANIFEST_SUFFIX) and key.split("/")[-5:-4] == ["base"]
 
 
 def choose_backup(
