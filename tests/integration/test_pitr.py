@@ -383,3 +383,28 @@ def test_base_backup_fails_when_its_wal_is_missing_in_a_required_location(
     rt = history.runtime(**elsewhere)
     for loc in rt.locations:
         assert not [i.key for i in loc.list(f"{history.scope}/base/") if failed.id in i.key]
+
+
+def test_a_base_backup_stuck_on_a_failing_archive_command_is_stopped_in_time(
+    history: Source, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pg_basebackup waits for its WAL to be archived: forever, unless strongroom stops it."""
+    history.pg.execute("ALTER SYSTEM SET archive_command = 'false'")
+    history.pg.execute("SELECT pg_reload_conf()")
+    try:
+        capsys.readouterr()
+        code = _main(history, "base-backup", env={"BACKUP_BASE_BACKUP_TIMEOUT": "4"})
+        err = capsys.readouterr().err.strip().splitlines()
+    finally:
+        history.pg.execute("ALTER SYSTEM RESET archive_command")
+        history.pg.execute("SELECT pg_reload_conf()")
+    assert code == ExitCode.FAILED
+    assert err == [
+        "strongroom: error: pg_basebackup did not finish within 4 s and was stopped: is "
+        "archive_command failing (pg_stat_archiver)? Else raise BACKUP_BASE_BACKUP_TIMEOUT"
+    ]
+    failed = store.list_backups(history.scope, 1)[0]
+    assert failed.status == "FAILED"
+    for loc in history.runtime().locations:
+        assert not [i.key for i in loc.list(f"{history.scope}/base/") if failed.id in i.key]
+    history.switch_and_wait()  # archiving resumes where it stopped
