@@ -36,11 +36,11 @@ class ExitCode(IntEnum):
     #: The catalog is damaged or cannot be opened (``catalog rebuild`` is the fix).
     CATALOG = 12
     #: ``wal-push``: the archive already holds a different file of that name (nothing written).
-    WAL_CONFLICT = 13
+    WAL_CONFLICT = 15
     #: ``wal-push``: the segment's header names another cluster than the archive's.
-    WAL_FOREIGN = 14
+    WAL_FOREIGN = 16
     #: ``wal-verify``: a segment is missing or fails its checks in some location.
-    WAL_GAP = 15
+    WAL_GAP = 17
     #: 128 + the signal that stopped the run, as a shell reports it: SIGHUP, SIGINT (Ctrl-C),
     #: SIGTERM (systemd, Docker, Kubernetes, ``timeout``).
     HANGUP = 129

@@ -353,7 +353,12 @@ def test_cli_prune_heal_and_catalog_rebuild(
     }
 
     assert main(["heal", "--all", "--json"], config=config) == 0
-    assert json.loads(capsys.readouterr().out) == {"ok": True, "checked": 2, "repairs": []}
+    assert json.loads(capsys.readouterr().out) == {
+        "ok": True,
+        "checked": 2,
+        "repairs": [],
+        "wal": [],  # --all also back-fills WAL files: none archived here
+    }
 
     assert main(["catalog", "rebuild", "--from", "b2", "--json"], config=config) == 0
     doc = json.loads(capsys.readouterr().out)

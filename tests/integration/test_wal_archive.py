@@ -474,3 +474,26 @@ def _wal_names(archive: Archive, location: str) -> list[str]:
     return sorted(
         {o.key.rsplit("/", 1)[-1].split(".")[0] for o in loc.list(f"{archive.scope}/wal/")}
     )
+
+
+def test_history_files_are_archived_once_and_never_replaced(archive: Archive) -> None:
+    env = {"STRONGROOM_PGDATA": str(archive.pg.data_dir)}
+    folder = archive.base / "scratch-history"
+    folder.mkdir()
+    _give(folder, 0o700)
+    history = folder / "0000000F.history"
+
+    def push(text: str) -> subprocess.CompletedProcess[str]:
+        history.write_text(text)
+        _give(history, 0o600)
+        return archive.run("wal-push", str(history), env=env)
+
+    assert push("14\t0/3000060\tno recovery target specified\n").returncode == 0
+    assert push("14\t0/3000060\tno recovery target specified\n").returncode == 0
+    other = push("14\t0/4000000\tbefore 2026-12-01\n")
+    assert other.returncode == ExitCode.WAL_CONFLICT, other.stderr
+    got = archive.run("wal-fetch", "0000000F.history", str(folder / "RECOVERYHISTORY"), env=env)
+    assert got.returncode == 0, got.stderr
+    assert (folder / "RECOVERYHISTORY").read_text().startswith("14\t0/3000060")
+    for location in ("local", "r2", "b2"):
+        assert len(archive.stored_keys(location, "0000000F.history")) == 2

@@ -25,6 +25,11 @@ WAL_VERIFY_EVENT = "wal_verify"
 
 
 def wal_push(args: argparse.Namespace, config: Config) -> int:
+    from strongroom.services.wal_cluster import pushed_ahead
+
+    if pushed_ahead(config, args.path):  # the common case under load: no key, no network
+        log.info("%s: pushed ahead earlier, checked", args.path)
+        return ExitCode.OK
     from strongroom.services.wal_push import push_wal
 
     report = push_wal(config, args.path)

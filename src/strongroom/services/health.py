@@ -92,20 +92,21 @@ def _database_probe(config: Config) -> Probe:
 def _wal_probe(config: Config, now: datetime) -> Probe | None:
     """WAL archiving's health as the server sees it, when archiving is on (else one note)."""
     try:
-        status = postgres.archiver_status(postgres.ConnInfo.parse(config.database_url))
+        target = postgres.ConnInfo.parse(config.database_url)
+        server = postgres.server_archiving(target, timeout=config.check_timeout)
+        if server.archive_mode == "off":
+            return Probe("wal archive", True, "archive_mode is off (docs/wal.md)", required=False)
+        status = postgres.archiver_status(target, timeout=config.check_timeout)
     except StrongroomError:
         return None  # the database probe already says why
-    if status.archive_mode == "off":
-        return Probe("wal archive", True, "archive_mode is off (docs/wal.md)", required=False)
-    return wal_archive_probe(
-        status, _ready_segments(config, status), now, config.wal.max_age_seconds
-    )
+    ready = _ready_segments(config, server)
+    return wal_archive_probe(status, server, ready, now, config.wal.max_age_seconds)
 
 
-def _ready_segments(config: Config, status: postgres.ArchiverStatus) -> list[str] | None:
+def _ready_segments(config: Config, server: postgres.ServerArchiving) -> list[str] | None:
     """Files PostgreSQL has marked ready and not yet archived, oldest first (``None``: the data
     directory cannot be read here; ``STRONGROOM_PGDATA`` names it)."""
-    where = config.wal.pgdata or status.data_directory
+    where = config.wal.pgdata or server.data_directory
     folder = Path(where) / "pg_wal" / "archive_status" if where else None
     if folder is None or not os.access(folder, os.R_OK | os.X_OK):
         return None
@@ -116,7 +117,11 @@ def _ready_segments(config: Config, status: postgres.ArchiverStatus) -> list[str
 
 
 def wal_archive_probe(
-    status: postgres.ArchiverStatus, ready: list[str] | None, now: datetime, max_age: float
+    status: postgres.ArchiverStatus,
+    server: postgres.ServerArchiving,
+    ready: list[str] | None,
+    now: datetime,
+    max_age: float,
 ) -> Probe:
     """One line: the last archived segment and its age, failures, what waits; FAIL when the
     last archive is older than ``max_age`` seconds while WAL waits to be archived."""
@@ -134,7 +139,7 @@ def wal_archive_probe(
     parts.append(f"{failed}, failing at {status.last_failed_wal}" if failing else failed)
     if ready is None:
         parts.append("waiting segments unknown (set STRONGROOM_PGDATA where pg_wal is readable)")
-        waiting = failing or _behind(status)
+        waiting = failing or _behind(status.last_archived_wal, server)
     elif ready:
         parts.append(f"{len(ready)} waiting, oldest {ready[0]}")
         waiting = True
@@ -147,16 +152,15 @@ def wal_archive_probe(
     return Probe("wal archive", ok, ", ".join(parts))
 
 
-def _behind(status: postgres.ArchiverStatus) -> bool:
+def _behind(last: str | None, server: postgres.ServerArchiving) -> bool:
     """Whether a completed segment is not archived yet, as far as the server's counters tell."""
-    last, current = status.last_archived_wal, status.current_wal
+    current, size = server.current_wal, server.wal_segment_size
     if not current:
         return False
     if not last:
         return True
-    if last[:8] != current[:8] or status.wal_segment_size not in wal.SEGMENT_SIZES:
+    if last[:8] != current[:8] or size not in wal.SEGMENT_SIZES:
         return False
-    size = status.wal_segment_size
     try:
         return wal.segment_number(current, size) > wal.segment_number(last[:24], size) + 1
     except ValueError:  # the last archived file was a history file or a backup label

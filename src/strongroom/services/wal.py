@@ -17,10 +17,8 @@ import contextlib
 import io
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from strongroom import __version__
-from strongroom.config import Config
 from strongroom.core import wal
 from strongroom.core.crypto import CIPHER_NAME
 from strongroom.core.manifest import (
@@ -32,7 +30,7 @@ from strongroom.core.manifest import (
 )
 from strongroom.core.pipeline import StreamResult, stream_to_locations
 from strongroom.core.storage.base import Location, ObjectWriter
-from strongroom.errors import ConfigError, ObjectNotFound
+from strongroom.errors import ObjectNotFound
 from strongroom.services.runtime import Runtime
 
 
@@ -50,31 +48,6 @@ class WalKeys:
 
 def keys_for(runtime: Runtime, scope: str, name: str) -> WalKeys:
     return WalKeys(name, wal_key_for(scope, name, runtime.codec.extension))
-
-
-def data_dir_of(config: Config, wal_path: Path | None = None) -> Path:
-    """The cluster's data directory: ``STRONGROOM_PGDATA``, else the parent of ``pg_wal``."""
-    if config.wal.pgdata:
-        return Path(config.wal.pgdata)
-    if wal_path is not None:
-        parent = wal_path.absolute().parent
-        if parent.name == "pg_wal":
-            return parent.parent
-    raise ConfigError(
-        "cannot tell which cluster this WAL belongs to: the file is not in a pg_wal directory; "
-        "set STRONGROOM_PGDATA to the cluster's data directory"
-    )
-
-
-def cluster_scope(data_dir: Path) -> str:
-    """The archive's scope: the cluster's system identifier, from its ``pg_control``."""
-    try:
-        return str(wal.control_system_identifier(data_dir))
-    except OSError as exc:
-        raise ConfigError(
-            f"{exc}: run as the server's OS user, or set STRONGROOM_PGDATA to a data "
-            "directory this user may read"
-        ) from None
 
 
 class _Buffer(ObjectWriter):

@@ -42,6 +42,7 @@ from strongroom.errors import (
 )
 from strongroom.services import wal as walstore
 from strongroom.services.runtime import Runtime
+from strongroom.services.wal_cluster import cluster_scope, data_dir_of
 
 log = logging.getLogger("strongroom.wal_fetch")
 
@@ -66,7 +67,7 @@ def fetch_wal(config: Config, name: str, dest: str) -> Fetched:
         raise ConfigError(str(exc)) from None
     target = Path(dest)
     runtime = Runtime.build(config)
-    scope = walstore.cluster_scope(walstore.data_dir_of(config, target))
+    scope = cluster_scope(data_dir_of(config, target))
     fetcher = _Fetcher(runtime, scope)
     served = fetcher.from_spool(name, target)
     if served is not None:

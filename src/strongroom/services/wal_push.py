@@ -39,7 +39,6 @@ from strongroom.core.storage.base import Location
 from strongroom.core.wal_spool import Spool
 from strongroom.errors import (
     ConfigError,
-    ForeignWal,
     LocationUnavailable,
     StorageError,
     StrongroomError,
@@ -47,6 +46,7 @@ from strongroom.errors import (
 )
 from strongroom.services import wal as walstore
 from strongroom.services.runtime import Runtime
+from strongroom.services.wal_cluster import check_header, cluster_scope, data_dir_of, read_wal_file
 
 log = logging.getLogger("strongroom.wal_push")
 
@@ -81,8 +81,7 @@ def push_wal(config: Config, path: str) -> PushReport:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     runtime = Runtime.build(config)
-    data_dir = walstore.data_dir_of(config, file)
-    pusher = _Pusher(runtime, walstore.cluster_scope(data_dir))
+    pusher = _Pusher(runtime, cluster_scope(data_dir_of(config, file)))
     ahead = _ready_ahead(file, pusher.spool, config.wal.push_ahead)
     with ThreadPoolExecutor(max_workers=config.wal.push_parallel) as pool:
         asked = pool.submit(pusher.push, file)
@@ -134,9 +133,9 @@ class _Pusher:
     def push(self, file: Path, ahead: bool = False) -> Pushed:
         started = time.monotonic()
         name = file.name
-        data = _read(file)
+        data = read_wal_file(file)
         sha = hashlib.sha256(data).hexdigest()
-        segment_size = self._check_header(name, data)
+        segment_size = check_header(self.scope, name, data)
         if self.spool is not None and self.spool.pushed_sha(name) == sha:
             if not ahead:
                 self.spool.forget_pushed(name)
@@ -155,22 +154,6 @@ class _Pusher:
             self.spool.mark_pushed(name, sha)
         result.seconds = time.monotonic() - started
         return result
-
-    def _check_header(self, name: str, data: bytes) -> int | None:
-        """Segments must be this cluster's and the segment their name says."""
-        parsed = wal.parse_name(name)
-        if not parsed.has_page_header:
-            return None
-        header = wal.read_page_header(data)
-        if str(header.system_identifier) != self.scope:
-            raise ForeignWal(
-                f"{name} belongs to the cluster with system identifier "
-                f"{header.system_identifier}, but this archive is cluster {self.scope}: refused "
-                "(is archive_command or STRONGROOM_PGDATA pointing at the wrong cluster?)"
-            )
-        if parsed.kind == "segment":
-            wal.check_segment(parsed, header)
-        return header.segment_size
 
     # -- what each location already holds ------------------------------------------------------
 
@@ -306,12 +289,3 @@ def _put(loc: Location, keys: walstore.WalKeys, sealed: bytes, document: bytes) 
     """Object first, manifest last: the manifest's presence is what says "durable here"."""
     loc.put_bytes(keys.key, sealed)
     loc.put_bytes(keys.manifest_key, document)
-
-
-def _read(file: Path) -> bytes:
-    try:
-        return file.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{file} does not exist (archive_command passes %p)") from None
-    except OSError as exc:
-        raise StorageError(f"cannot read {file}: {exc.strerror or exc}") from None

@@ -29,6 +29,7 @@ from strongroom.core.storage.base import Location
 from strongroom.errors import StrongroomError
 from strongroom.services import wal as walstore
 from strongroom.services.runtime import Runtime
+from strongroom.services.wal_cluster import cluster_scope, data_dir_of
 from strongroom.services.wal_fetch import read_archived
 
 log = logging.getLogger("strongroom.wal_verify")
@@ -112,7 +113,7 @@ def verify_wal(config: Config, *, scope: str | None = None, deep: bool = False) 
 
 def _scopes(runtime: Runtime) -> list[str]:
     if runtime.config.wal.pgdata:
-        return [walstore.cluster_scope(walstore.data_dir_of(runtime.config))]
+        return [cluster_scope(data_dir_of(runtime.config))]
     return walstore.discover_scopes(runtime.locations)
 
 

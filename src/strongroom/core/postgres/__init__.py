@@ -8,7 +8,8 @@
 * ``restore``: the target database, pg_restore, the restored row counts, undoing a failed run.
 * ``replace``: ``--replace`` as a restore beside the target and a swap of names at the end.
 * ``roles``: the least-privilege backup role of ``strongroom setup-role``.
-* ``archiver``: ``pg_stat_archiver`` and the archiving settings, for ``strongroom check``.
+* ``archiver``: ``pg_stat_archiver``, the server's own record of archived WAL.
+* ``archiving``: the archive mode, the current segment and the data directory, for ``check``.
 
 Callers use the names re-exported here (``postgres.preflight(...)``), not the modules.
 """
@@ -16,6 +17,7 @@ Callers use the names re-exported here (``postgres.preflight(...)``), not the mo
 from __future__ import annotations
 
 from strongroom.core.postgres.archiver import ArchiverStatus, archiver_status
+from strongroom.core.postgres.archiving import ServerArchiving, server_archiving
 from strongroom.core.postgres.binaries import binary_version, find_binary
 from strongroom.core.postgres.conninfo import ConnInfo
 from strongroom.core.postgres.dump import DumpProcess, exported_snapshot, start_dump
@@ -38,6 +40,7 @@ __all__ = [
     "DumpProcess",
     "Preflight",
     "Replacement",
+    "ServerArchiving",
     "TableRef",
     "TargetMark",
     "apply_setup_role",
@@ -51,6 +54,7 @@ __all__ = [
     "prepare_target",
     "replacement",
     "run_restore",
+    "server_archiving",
     "setup_role_sql",
     "setup_role_statements",
     "start_dump",

@@ -1,7 +1,7 @@
-"""The server's own view of WAL archiving: ``pg_stat_archiver`` and its settings.
+"""What the server's own archiver says: ``pg_stat_archiver``, read in one bounded query.
 
-``pg_stat_archiver`` is readable by every role; ``data_directory`` only by superusers and
-members of ``pg_read_all_settings``, so it may be unknown (``None``).
+PostgreSQL counts a segment as archived only when ``archive_command`` exited 0, so its last
+archived time is the freshest proof that WAL is leaving the server, whoever archives it.
 """
 
 from __future__ import annotations
@@ -14,53 +14,37 @@ import psycopg
 from strongroom.core.postgres.conninfo import ConnInfo, redact
 from strongroom.errors import PostgresError
 
-
-@dataclass(frozen=True)
-class ArchiverStatus:
-    archive_mode: str
-    last_archived_wal: str | None
-    last_archived_time: datetime | None
-    archived_count: int
-    failed_count: int
-    last_failed_wal: str | None
-    last_failed_time: datetime | None
-    #: The segment being written now (``None`` on a standby, where it cannot be asked).
-    current_wal: str | None
-    wal_segment_size: int
-    data_directory: str | None
-
-
-_STATUS = """
-SELECT current_setting('archive_mode'),
-       a.last_archived_wal, a.last_archived_time, a.archived_count,
-       a.failed_count, a.last_failed_wal, a.last_failed_time,
-       CASE WHEN pg_is_in_recovery() THEN NULL
-            ELSE pg_walfile_name(pg_current_wal_lsn()) END,
-       (SELECT setting::bigint * CASE unit WHEN 'B' THEN 1 WHEN 'kB' THEN 1024
-                                          WHEN 'MB' THEN 1048576 ELSE 1 END
-          FROM pg_settings WHERE name = 'wal_segment_size'),
-       (SELECT setting FROM pg_settings WHERE name = 'data_directory')
-  FROM pg_stat_archiver a
+_QUERY = """
+SELECT archived_count, last_archived_wal, last_archived_time,
+       failed_count, last_failed_wal, last_failed_time
+  FROM pg_stat_archiver
 """
 
 
-def archiver_status(target: ConnInfo) -> ArchiverStatus:
-    """One query: archive mode, the archiver's counters, the current segment, where the data is."""
+@dataclass(frozen=True)
+class ArchiverStatus:
+    """One row of ``pg_stat_archiver``; times are ``None`` when nothing was archived yet."""
+
+    archived_count: int
+    last_archived_wal: str | None
+    last_archived_time: datetime | None
+    failed_count: int
+    last_failed_wal: str | None
+    last_failed_time: datetime | None
+
+
+def archiver_status(target: ConnInfo, *, timeout: float) -> ArchiverStatus:
+    """The archiver's counters, connecting and querying within ``timeout`` seconds.
+
+    The bound matters: metrics run every minute and must not hang on a server that is down.
+    """
+    seconds = max(1, round(timeout))
     try:
-        with target.connect(autocommit=True, connect_timeout=10) as conn:
-            row = conn.execute(_STATUS).fetchone()
+        with target.connect(autocommit=True, connect_timeout=seconds) as conn:
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{seconds}s",))
+            row = conn.execute(_QUERY).fetchone()
     except psycopg.Error as exc:
-        raise PostgresError(f"cannot read pg_stat_archiver on {target}: {redact(exc)}") from None
-    assert row is not None
-    return ArchiverStatus(
-        archive_mode=str(row[0]),
-        last_archived_wal=row[1],
-        last_archived_time=row[2],
-        archived_count=int(row[3]),
-        failed_count=int(row[4]),
-        last_failed_wal=row[5],
-        last_failed_time=row[6],
-        current_wal=row[7],
-        wal_segment_size=int(row[8] or 0),
-        data_directory=row[9],
-    )
+        raise PostgresError(f"cannot read pg_stat_archiver of {target}: {redact(exc)}") from None
+    if row is None:
+        raise PostgresError(f"pg_stat_archiver of {target} returned no row")
+    return ArchiverStatus(*row)

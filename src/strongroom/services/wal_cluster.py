@@ -1,0 +1,91 @@
+"""Which cluster a WAL file belongs to, and the answer for a file already pushed ahead.
+
+This is the fast path of ``wal-push``: PostgreSQL starts one process per segment, and most
+calls under load are for files an earlier call pushed ahead. Answering those needs the file's
+SHA-256, the cluster's identity and the spool, not the key, the codecs or any location, so this
+module imports none of them (no Tink, no zstd, no boto3): the call returns in the time
+Python takes to start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from strongroom.config import Config
+from strongroom.core import wal
+from strongroom.core.wal_spool import Spool
+from strongroom.errors import ConfigError, ForeignWal, StorageError
+
+
+def data_dir_of(config: Config, wal_path: Path | None = None) -> Path:
+    """The cluster's data directory: ``STRONGROOM_PGDATA``, else the parent of ``pg_wal``."""
+    if config.wal.pgdata:
+        return Path(config.wal.pgdata)
+    if wal_path is not None:
+        parent = wal_path.absolute().parent
+        if parent.name == "pg_wal":
+            return parent.parent
+    raise ConfigError(
+        "cannot tell which cluster this WAL belongs to: the file is not in a pg_wal directory; "
+        "set STRONGROOM_PGDATA to the cluster's data directory"
+    )
+
+
+def cluster_scope(data_dir: Path) -> str:
+    """The archive's scope: the cluster's system identifier, from its ``pg_control``."""
+    try:
+        return str(wal.control_system_identifier(data_dir))
+    except OSError as exc:
+        raise ConfigError(
+            f"{exc}: run as the server's OS user, or set STRONGROOM_PGDATA to a data "
+            "directory this user may read"
+        ) from None
+
+
+def check_header(scope: str, name: str, data: bytes) -> int | None:
+    """A segment must be this cluster's and the one its name says; its segment size."""
+    parsed = wal.parse_name(name)
+    if not parsed.has_page_header:
+        return None
+    header = wal.read_page_header(data)
+    if str(header.system_identifier) != scope:
+        raise ForeignWal(
+            f"{name} belongs to the cluster with system identifier "
+            f"{header.system_identifier}, but this archive is cluster {scope}: refused "
+            "(is archive_command or STRONGROOM_PGDATA pointing at the wrong cluster?)"
+        )
+    if parsed.kind == "segment":
+        wal.check_segment(parsed, header)
+    return header.segment_size
+
+
+def read_wal_file(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{file} does not exist (archive_command passes %p)") from None
+    except OSError as exc:
+        raise StorageError(f"cannot read {file}: {exc.strerror or exc}") from None
+
+
+def pushed_ahead(config: Config, path: str) -> bool:
+    """Whether ``path`` was pushed ahead with exactly this content (the record is then used up:
+    a later re-push after a crash is checked against the archive itself)."""
+    if not config.wal.spool_dir:
+        return False
+    file = Path(path)
+    try:
+        wal.parse_name(file.name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    spool = Spool(config.wal.spool_dir)
+    recorded = spool.pushed_sha(file.name)
+    if not recorded:
+        return False
+    data = read_wal_file(file)
+    check_header(cluster_scope(data_dir_of(config, file)), file.name, data)
+    if hashlib.sha256(data).hexdigest() != recorded:
+        return False
+    spool.forget_pushed(file.name)
+    return True
