@@ -185,7 +185,9 @@ def test_the_newest_base_backup_that_ended_before_the_target_is_chosen() -> None
     assert pitr.choose_backup(both, at, None) is older
     assert pitr.choose_backup(both, recovery.RecoveryTarget("latest"), None) is newer
     assert pitr.choose_backup(both, recovery.RecoveryTarget("lsn", "0/5000000"), None) is older
-    assert pitr.choose_backup(both, at, "b") is newer
+    assert pitr.choose_backup(both, recovery.RecoveryTarget("latest"), "a") is older
+    with pytest.raises(ConfigError, match=r"ended at .* after time .*: pick an older base backup"):
+        pitr.choose_backup(both, at, "b")
     with pytest.raises(BackupNotFound, match="no base backup ended before"):
         pitr.choose_backup(both, recovery.target_time(t0 - timedelta(days=1)), None)
     with pytest.raises(BackupNotFound, match="base backup zz not found"):

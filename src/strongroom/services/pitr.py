@@ -188,7 +188,7 @@ def choose_backup(
     if backup_id:
         for c in candidates:
             if c.manifest.id == backup_id:
-                return c
+                return _reaching(c, target)
         raise BackupNotFound(f"base backup {backup_id} not found in any location's manifests")
     if not candidates:
         raise BackupNotFound(
@@ -208,6 +208,18 @@ def choose_backup(
             f"{oldest.to_dict()['finished_at']}): pick a later target"
         )
     return usable[-1]
+
+
+def _reaching(candidate: BaseCandidate, target: RecoveryTarget) -> BaseCandidate:
+    """The given backup, unless it ended after the target (replay cannot go back in time)."""
+    if not _before(candidate, target):
+        m = candidate.manifest
+        raise ConfigError(
+            f"base backup {m.id} ended at {m.to_dict()['finished_at']} "
+            f"(LSN {m.extra.get('stop_lsn', '?')}), after {target.describe()}: "
+            "pick an older base backup or a later target"
+        )
+    return candidate
 
 
 def _before(candidate: BaseCandidate, target: RecoveryTarget) -> bool:
