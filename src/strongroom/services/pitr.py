@@ -98,9 +98,10 @@ def pitr_restore(
     """
     started = time.monotonic()
     runtime = Runtime.build(config)
+    refuse_used(Path(pgdata))  # before anything is read: a used directory is one line
+    chosen = choose_backup(find_base_backups(runtime), target, backup_id)
     directory = prepare_directory(Path(pgdata))
     try:
-        chosen = choose_backup(find_base_backups(runtime), target, backup_id)
         source, extract, skipped = _extract_first_intact(runtime, chosen, directory)
         command = recovery.restore_command(tool)
         recovery.write_recovery(directory, recovery.recovery_settings(command, target))
@@ -127,8 +128,8 @@ def pitr_restore(
     )
 
 
-def prepare_directory(path: Path) -> Path:
-    """A missing directory is created 0700; an existing one must be empty (then set 0700)."""
+def refuse_used(path: Path) -> None:
+    """``TargetNotEmpty`` for a file, or a directory holding anything."""
     path = path.expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise TargetNotEmpty(f"{path} exists and is not a directory: give a new or empty one")
@@ -136,6 +137,12 @@ def prepare_directory(path: Path) -> Path:
         raise TargetNotEmpty(
             f"{path} is not empty: pitr-restore writes only into a new or empty directory"
         )
+
+
+def prepare_directory(path: Path) -> Path:
+    """A missing directory is created 0700; an existing one must be empty (then set 0700)."""
+    path = path.expanduser().absolute()
+    refuse_used(path)
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.chmod(0o700)
