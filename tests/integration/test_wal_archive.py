@@ -269,6 +269,14 @@ def test_wal_fetch_says_not_found_only_when_every_location_says_so(archive: Arch
     assert absent.returncode == 1, absent.stderr
     assert "not archived in any location" in absent.stderr
 
+    no_b2 = {k: v for k, v in archive.settings.items() if not k.startswith("B2_")}
+    config = archive.write_config(archive.base / "no-b2.env", no_b2)
+    unproven = archive.run(
+        "wal-fetch", "00000001000000FF000000FE", str(target / "X"), env=env, config=config
+    )
+    assert unproven.returncode == ExitCode.WAL_FETCH_STOP, unproven.stderr
+    assert "b2:" in unproven.stderr and "B2_BUCKET_NAME" in unproven.stderr
+
     dead = f"http://127.0.0.1:{free_port()}"
     unreachable = {
         **env,
@@ -497,3 +505,31 @@ def test_history_files_are_archived_once_and_never_replaced(archive: Archive) ->
     assert (folder / "RECOVERYHISTORY").read_text().startswith("14\t0/3000060")
     for location in ("local", "r2", "b2"):
         assert len(archive.stored_keys(location, "0000000F.history")) == 2
+
+
+def test_wal_fetch_prefetches_the_next_segments_outside_pg_wal(
+    archive: Archive, archived: list[str]
+) -> None:
+    first, second, third = archived
+    target = archive.base / "prefetched"
+    target.mkdir()
+    _give(target, 0o700)
+    env = {"STRONGROOM_PGDATA": str(archive.pg.data_dir), "BACKUP_WAL_PREFETCH": "2"}
+    got = archive.run("-v", "wal-fetch", first, str(target / "RECOVERYXLOG"), env=env)
+    assert got.returncode == 0, got.stderr
+    assert f"prefetched: {second}, {third}" in got.stderr
+    spooled = archive.spool / "prefetch"
+    assert {p.name for p in spooled.iterdir()} >= {second, third}
+
+    local = archive.local / archive.scope / "wal" / second[:8] / f"{second}.wal.zst.enc"
+    good = local.read_bytes()
+    local.write_bytes(b"")  # proves the next call does not read storage at all
+    try:
+        again = archive.run("-v", "wal-fetch", second, str(target / "RECOVERYXLOG"), env=env)
+    finally:
+        local.write_bytes(good)
+    assert again.returncode == 0, again.stderr
+    assert f"{second}: 16777216 bytes from spool" in again.stderr
+    assert (target / "RECOVERYXLOG").read_bytes() == (archive.pg.wal_dir / second).read_bytes()
+    assert second not in {p.name for p in spooled.iterdir()}
+    assert [p.name for p in target.iterdir()] == ["RECOVERYXLOG"]  # no temporary file left

@@ -109,7 +109,8 @@ class _Fetcher:
         delay = FIRST_BACKOFF
         problems: dict[str, str] = {}
         for attempt in range(rounds):
-            problems = {}
+            # A location named but not configured might hold the file: "not found" is unproven.
+            problems = dict(self.rt.unconfigured)
             for loc in self.rt.locations:
                 try:
                     data, size = self._one(loc, keys)
