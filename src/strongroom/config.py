@@ -74,6 +74,11 @@ GENERAL_SETTINGS = (
     "BACKUP_DRILL_SCHEDULE_HOUR",
     "BACKUP_DRILL_TASK_PRIORITY",
     "CELERY_BROKER_URL",
+    # physical base backups and point-in-time recovery (strongroom.services.base_backup)
+    "BACKUP_WAL_ARCHIVING",
+    "BACKUP_BASE_BACKUP_HOUR",
+    "BACKUP_BASE_BACKUP_TIMEOUT",
+    "BACKUP_WAL_CONFIRM_TIMEOUT",
     # continuous WAL archiving (strongroom.services.wal_push, wal_fetch, wal_verify)
     "STRONGROOM_PGDATA",
     "BACKUP_WAL_SPOOL_DIR",
@@ -123,6 +128,9 @@ NUMBERS: dict[str, Number] = {
     "BACKUP_DRILL_MAX_AGE_DAYS": Number("a number of days", above=0, high=36600),
     "BACKUP_DRILL_SCHEDULE_HOUR": _HOUR,  # or off
     "BACKUP_DRILL_TASK_PRIORITY": whole(0, 255),  # and at most BACKUP_QUEUE_MAX_PRIORITY
+    "BACKUP_BASE_BACKUP_HOUR": _HOUR,  # or off; only with BACKUP_WAL_ARCHIVING on
+    "BACKUP_BASE_BACKUP_TIMEOUT": seconds(),
+    "BACKUP_WAL_CONFIRM_TIMEOUT": seconds(high=24 * 3600),
     "BACKUP_WAL_PUSH_PARALLEL": whole(1, 64),
     "BACKUP_WAL_PUSH_AHEAD": whole(0, 1024),
     "BACKUP_WAL_OPTIONAL_TIMEOUT": seconds(high=24 * 3600),
@@ -197,6 +205,9 @@ class TaskSettings:
     drill_day: str = "sat"
     drill_hour: int | None = 6
     drill_priority: int = 5
+    #: The daily base backup's hour (UTC), or ``None``: scheduled only when WAL archiving is
+    #: on (``BACKUP_WAL_ARCHIVING``), since a base backup without archived WAL restores nothing.
+    base_backup_hour: int | None = None
 
 
 #: Seconds between pg_dump's deadline and the task's soft limit: the upload, manifests and row
@@ -267,6 +278,10 @@ class Config:
     tenant_role: str | None = None
     #: The bearer token that lets a scraper read ``strongroom.views.metrics`` (None: staff only).
     metrics_token: str | None = field(default=None, repr=False)
+    #: Seconds pg_basebackup may run, its wait for the backup's WAL to be archived included.
+    base_backup_timeout: float = 3600.0
+    #: Seconds a base backup waits for its WAL segments' manifests in every required location.
+    wal_confirm_timeout: float = 60.0
     extra: Mapping[str, Any] = field(default_factory=dict)
     tasks: TaskSettings = field(default_factory=TaskSettings)
     wal: WalSettings = field(default_factory=WalSettings)
@@ -364,6 +379,8 @@ def load_config(source: Mapping[str, Any]) -> Config:
         tenant_setting=str(_get(source, "STRONGROOM_TENANT_SETTING") or "app.current_tenant"),
         tenant_role=_get(source, "STRONGROOM_TENANT_ROLE") or None,
         metrics_token=_get(source, "STRONGROOM_METRICS_TOKEN") or None,
+        base_backup_timeout=_number(source, "BACKUP_BASE_BACKUP_TIMEOUT", 3600.0),
+        wal_confirm_timeout=_number(source, "BACKUP_WAL_CONFIRM_TIMEOUT", 60.0),
         tasks=load_task_settings(source),
         wal=load_wal_settings(source),
     )
@@ -428,7 +445,14 @@ def load_task_settings(source: Mapping[str, Any]) -> TaskSettings:
         drill_day=str(_get(source, "BACKUP_DRILL_SCHEDULE_DAY") or "sat"),
         drill_hour=_hour_or_off(source, "BACKUP_DRILL_SCHEDULE_HOUR", 6),
         drill_priority=_priority(source, max_priority, "BACKUP_DRILL_TASK_PRIORITY", 5),
+        base_backup_hour=_base_backup_hour(source),
     )
+
+
+def _base_backup_hour(source: Mapping[str, Any]) -> int | None:
+    """01:00 by default once WAL archiving is on; off (``None``) otherwise, whatever the hour."""
+    hour = _hour_or_off(source, "BACKUP_BASE_BACKUP_HOUR", 1)  # checked even while unused
+    return hour if _bool(source, "BACKUP_WAL_ARCHIVING", False) else None
 
 
 def _time_limits(source: Mapping[str, Any]) -> tuple[float, float]:

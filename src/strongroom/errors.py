@@ -160,6 +160,13 @@ class TenantRowsMismatch(RestoreError):
     exit_code = ExitCode.RESTORE_MISMATCH
 
 
+class WalNotArchived(StrongroomError):
+    """A base backup's WAL did not reach every required location in time: not restorable."""
+
+    exit_code = ExitCode.BACKUP_INCOMPLETE
+    transient = True
+
+
 class BackupNotFound(StrongroomError):
     """No backup in the catalog (or storage) matches the request."""
 

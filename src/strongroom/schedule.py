@@ -37,6 +37,7 @@ PRUNE_TASK = "strongroom.tasks.prune_backups"
 HEAL_TASK = "strongroom.tasks.heal_backups"
 TENANT_TASK = "strongroom.tasks.weekly_tenant_backups"
 DRILL_TASK = "strongroom.tasks.weekly_restore_drill"
+BASE_BACKUP_TASK = "strongroom.tasks.daily_base_backup"
 TASK_NAMES = (
     BACKUP_TASK,
     VERIFY_TASK,
@@ -45,6 +46,7 @@ TASK_NAMES = (
     HEAL_TASK,
     TENANT_TASK,
     DRILL_TASK,
+    BASE_BACKUP_TASK,
 )
 #: The seed's name for the beat entry.
 ENTRY_NAME = "daily-full-database-backup"
@@ -52,6 +54,7 @@ PRUNE_ENTRY = "daily-prune-backups"
 HEAL_ENTRY = "daily-heal-backups"
 TENANT_ENTRY = "strongroom-weekly-tenant-backups"
 DRILL_ENTRY = "strongroom-weekly-restore-drill"
+BASE_BACKUP_ENTRY = "strongroom-daily-base-backup"
 #: Maintenance runs below backups: a prune or heal queued at 02:00 never delays the dump.
 MAINTENANCE_PRIORITY = 3
 
@@ -167,7 +170,9 @@ def beat_schedule(
     ``off`` to leave one out); every tenant's backup on Sunday at 03:00, priority 8
     (``BACKUP_TENANT_SCHEDULE_DAY``/``_HOUR``/``BACKUP_TENANT_TASK_PRIORITY``); the restore
     drill of the newest full backup on Saturday at 06:00, priority 5
-    (``BACKUP_DRILL_SCHEDULE_DAY``/``_HOUR``/``BACKUP_DRILL_TASK_PRIORITY``).
+    (``BACKUP_DRILL_SCHEDULE_DAY``/``_HOUR``/``BACKUP_DRILL_TASK_PRIORITY``); the physical
+    base backup daily at 01:00 at the backup's priority, but only with ``BACKUP_WAL_ARCHIVING``
+    on (``BACKUP_BASE_BACKUP_HOUR``, ``off`` to leave it out).
     """
     ts = task_settings(settings, env)
     entries: dict[str, dict[str, Any]] = {
@@ -203,6 +208,12 @@ def beat_schedule(
                 day_of_week=ts.drill_day, hour=ts.drill_hour, minute=ts.schedule_minute
             ),
             "options": {"queue": ts.queue, "priority": ts.drill_priority},
+        }
+    if ts.base_backup_hour is not None:
+        entries[BASE_BACKUP_ENTRY] = {
+            "task": BASE_BACKUP_TASK,
+            "schedule": crontab(hour=ts.base_backup_hour, minute=ts.schedule_minute),
+            "options": publish_options(ts),
         }
     return entries
 

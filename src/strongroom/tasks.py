@@ -28,6 +28,7 @@ from strongroom.config import Config
 from strongroom.core.status import VERIFIABLE
 from strongroom.schedule import (
     BACKUP_TASK,
+    BASE_BACKUP_TASK,
     DRILL_TASK,
     HEAL_TASK,
     PING_TASK,
@@ -291,6 +292,36 @@ def _drill_one(
         "mismatches": report.mismatches,
         "error": report.error,
     }
+
+
+@shared_task(bind=True, base=StrongroomTask, name=BASE_BACKUP_TASK)
+def daily_base_backup(self: StrongroomTask) -> str:
+    """A physical base backup of the cluster (daily, with WAL archiving on); its id.
+
+    Transient failures (storage, WAL not yet confirmed in a required location) are retried like
+    the full backup's; the service records the final status and notifies.
+    """
+    from strongroom.services.base_backup import run_base_backup
+
+    direct = bool(self.request.called_directly)
+    job_id = "" if direct else str(self.request.id or "")
+    with notify.deferred() as outbox:
+        config = _config_or_notify(outbox)
+        ts = config.tasks
+        try:
+            report = run_base_backup(config, job_id=job_id)
+        except Exception as exc:
+            if not outbox.items:
+                outbox.add(config, "", "FAILED", f"base backup: {_reason(exc)}")
+            retries = int(self.request.retries or 0)
+            if direct or not is_transient(exc) or retries >= ts.max_retries:
+                outbox.note = _final_note(exc, retries, direct)
+                raise
+            countdown = retry_countdown(retries, ts)
+            outbox.note = f"transient failure; retrying the base backup in {countdown:.0f} s"
+            raise self.retry(exc=exc, countdown=countdown, max_retries=ts.max_retries) from exc
+    log.info("base backup %s (job %s): %s", report.id, job_id or "-", report.status)
+    return report.id
 
 
 @shared_task(bind=True, base=StrongroomTask, name=PING_TASK)

@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     _retention_commands(sub)
     _tenant_commands(sub)
     _drill_command(sub)
+    _pitr_commands(sub)
     _wal_commands(sub)
     return p
 
@@ -131,6 +132,37 @@ def _drill_command(sub: Any) -> None:
         choices=("full", "tenant", "base"),
         help="which kind of backup (default: the backup's own; with --latest, full)",
     )
+
+
+def _pitr_commands(sub: Any) -> None:
+    """``base-backup``, ``pitr-restore`` and ``restore-point`` (docs/pitr.md)."""
+    bb = sub.add_parser("base-backup", help="physical base backup of the cluster (for PITR)")
+    _json(bb)
+    bb.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    pr = sub.add_parser(
+        "pitr-restore", help="extract a base backup into DIR, set up to replay WAL to a target"
+    )
+    _json(pr)
+    pr.add_argument("--pgdata", required=True, metavar="DIR", help="a new or empty data directory")
+    pr.add_argument(
+        "--backup", metavar="ID", help="this base backup (default: the newest before the target)"
+    )
+    g = pr.add_mutually_exclusive_group(required=True)
+    g.add_argument("--target-time", metavar="TS", help="ISO-8601 time with zone, e.g. ...+00:00")
+    g.add_argument("--target-lsn", metavar="LSN", help="a WAL location, e.g. 0/16B3748")
+    g.add_argument("--target-name", metavar="NAME", help="a restore point (`restore-point`)")
+    g.add_argument("--latest", action="store_true", help="replay to the end of the archive")
+    pr.add_argument(
+        "--strongroom-path",
+        metavar="PATH",
+        help="the strongroom executable restore_command runs, as the server's OS user sees it "
+        "(default: this one)",
+    )
+
+    rp = sub.add_parser("restore-point", help="create a named restore point and archive it now")
+    _json(rp)
+    rp.add_argument("name", help="the restore point's name (at most 63 bytes)")
 
 
 def _wal_commands(sub: Any) -> None:
@@ -351,7 +383,7 @@ def _archiver_exit(args: argparse.Namespace, code: int, exc: BaseException | Non
 def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
     if args.command in _ARCHIVER_COMMANDS:
         return _archiver_command(args, config)
-    from strongroom.interfaces import commands, drill_commands, tenant_commands
+    from strongroom.interfaces import commands, drill_commands, pitr_commands, tenant_commands
 
     if args.command == "keygen":
         return commands.keygen(args)
@@ -359,7 +391,8 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
         return commands.demo(args)
     if config is None:
         config = config_from_env(args.config)
-        _open_catalog(args, config)
+        if args.command not in _NO_CATALOG:
+            _open_catalog(args, config)
     handlers: dict[str, Handler] = {
         "backup": commands.backup,
         "list": commands.list_backups,
@@ -374,9 +407,16 @@ def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
         "catalog": commands.catalog,
         "tenant": tenant_commands.tenant,
         "drill": drill_commands.drill,
+        "base-backup": pitr_commands.base_backup_command,
+        "pitr-restore": pitr_commands.pitr_restore,
+        "restore-point": pitr_commands.restore_point,
     }
     return handlers[args.command](args, config)
 
+
+#: Commands for the disaster, when the catalog may be gone with the application database: they
+#: read storage (and the server) only, so an unreachable catalog must not stop them.
+_NO_CATALOG = frozenset({"pitr-restore", "restore-point"})
 
 #: Commands whose answer depends on what the catalog holds: a catalog created empty just now
 #: (deleted, or a wrong STRONGROOM_CATALOG_URL) must not pass for "no backups" silently.

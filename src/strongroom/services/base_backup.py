@@ -1,0 +1,227 @@
+"""The physical base backup: pg_basebackup's tar through the one store path, WAL confirmed.
+
+``pg_basebackup -Ft -D - -X none`` (why this and not ``pg_backup_start``/``pg_backup_stop``:
+:mod:`strongroom.core.postgres.basebackup`) streams through ``storing.ObjectUpload`` as
+``<system identifier>/base/YYYY/MM/DD/<id>.tar[.zst].enc``: compressed, encrypted, hashed,
+every location, manifest last, catalogued ``BASE_BACKUP`` under the same scope as the cluster's
+WAL (``<system identifier>/wal/...``), so prune and ``wal-verify`` pair a base backup with the
+segments it needs by one name.
+
+A base backup is usable only with every WAL segment from its start to its stop LSN. pg_basebackup
+returns only once PostgreSQL saw them archived, and ``strongroom wal-push`` returns success
+only once a segment is durable in every required location; on top of that, before the base
+backup's manifest is written, each of those segments' manifests (and the ``.backup`` history
+file's) is looked for in every required location, for at most ``BACKUP_WAL_CONFIRM_TIMEOUT``
+seconds. A segment missing past that fails the run: nothing that looks restorable is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from strongroom.catalog import store
+from strongroom.config import Config
+from strongroom.core import postgres, wal
+from strongroom.core.locking import database_lock
+from strongroom.core.manifest import (
+    Manifest,
+    key_segment,
+    manifest_key_for,
+    object_key_for,
+    wal_key_for,
+)
+from strongroom.core.pipeline import StreamResult
+from strongroom.core.postgres import basebackup
+from strongroom.core.postgres.basebackup import BackupFacts, ClusterFacts
+from strongroom.core.status import BackupStatus
+from strongroom.core.storage.base import Location
+from strongroom.errors import ConfigError, LockBusy, StorageError, WalNotArchived
+from strongroom.services.backup import BackupReport, failure_reason, finish_run
+from strongroom.services.notify import notify_problem
+from strongroom.services.runtime import Runtime
+from strongroom.services.storing import ObjectUpload, Stored, stream_fields
+
+log = logging.getLogger("strongroom.base_backup")
+
+Progress = Callable[[int, int], None]
+LOCK_PURPOSE = "base backup"
+_POLL = 0.2
+
+
+def run_base_backup(
+    config: Config, *, job_id: str = "", progress: Progress | None = None
+) -> BackupReport:
+    """Take one base backup of the cluster behind ``DATABASE_URL``; always a final status."""
+    runtime = Runtime.build(config)
+    target = postgres.ConnInfo.parse(config.database_url)
+    cluster = basebackup.cluster_facts(target)
+    if cluster.archive_mode == "off":
+        raise ConfigError(
+            "archive_mode is off on this server: a base backup is useless without its WAL; "
+            "turn WAL archiving on first (docs/pitr.md)"
+        )
+    record = store.start_backup(
+        backup_type="BASE_BACKUP", database=cluster.system_identifier, job_id=job_id
+    )
+    try:
+        with database_lock(target, LOCK_PURPOSE):
+            store.mark_running(record.id)
+            report = _BaseRun(runtime, target, cluster, record.id, progress).run()
+    except LockBusy as exc:
+        store.finish_backup(record.id, status=BackupStatus.SKIPPED, error=str(exc))
+        return BackupReport(record.id, BackupStatus.SKIPPED, str(exc))
+    except BaseException as exc:
+        reason = failure_reason(exc)
+        store.finish_backup(record.id, status=BackupStatus.FAILED, error=reason)
+        notify_problem(config, record.id, BackupStatus.FAILED, reason)
+        raise
+    if report.status != BackupStatus.COMPLETED:
+        notify_problem(config, report.id, report.status, report.error)
+    return report
+
+
+@dataclass
+class _BaseRun:
+    """One base backup's state while it runs."""
+
+    rt: Runtime
+    target: postgres.ConnInfo
+    cluster: ClusterFacts
+    id: str
+    progress: Progress | None
+
+    def __post_init__(self) -> None:
+        self.started = datetime.now(UTC)
+        self.scope = self.cluster.system_identifier
+        self.key = object_key_for(
+            self.scope, "base", self.id, self.started, self.rt.codec.extension
+        )
+        self.process: basebackup.BaseBackupProcess | None = None
+        self.confirmed: list[str] = []
+
+    def run(self) -> BackupReport:
+        upload = ObjectUpload(self.rt, self.id, self.key, self.progress)
+        upload.check_required()
+        upload.cleanup(key_segment(self.scope) + "/base/", self.started)
+        stored = upload.stream(self._start, self._manifest)
+        return finish_run(stored, self._metadata(stored))
+
+    def _start(self) -> basebackup.BaseBackupProcess:
+        self.process = basebackup.start_base_backup(
+            self.target,
+            label=f"strongroom {self.id}",
+            timeout=self.rt.config.base_backup_timeout,
+            bindir=self.rt.config.pg_bindir,
+        )
+        return self.process
+
+    def _manifest(self, result: StreamResult, facts: BackupFacts) -> Manifest:
+        """Built once pg_basebackup ended cleanly; first the backup's WAL must be confirmed."""
+        segments = basebackup.segments_between(facts, self.cluster.wal_segment_size)
+        offset = wal.parse_lsn(facts.start_lsn) % self.cluster.wal_segment_size
+        history = f"{segments[0]}.{offset:08X}.backup"
+        self.confirmed = confirm_archived(self.rt, self.scope, [*segments, history])
+        c = self.cluster
+        return Manifest(
+            id=self.id,
+            kind="base",
+            database=self.scope,
+            server_version=c.server_version,
+            pg_dump_version=postgres.binary_version(
+                postgres.find_binary("pg_basebackup", self.rt.config.pg_bindir)
+            ),
+            started_at=self.started,
+            finished_at=datetime.now(UTC),
+            tenant_id=None,
+            extra={
+                **facts.to_dict(),
+                "system_identifier": c.system_identifier,
+                "server_version_num": c.server_version_num,
+                "wal_segment_size": c.wal_segment_size,
+                "start_wal": segments[0],
+                "stop_wal": segments[-1],
+                "backup_history_file": history,
+                "wal_confirmed_in": self.confirmed,
+                "backup_label": self._label_text(),
+                "source_database": self.target.dbname,
+            },
+            **stream_fields(self.rt, self.key, result),
+        )
+
+    def _label_text(self) -> str:
+        assert self.process is not None
+        return self.process.capture.found.get(basebackup.LABEL, b"").decode("utf-8", "replace")
+
+    def _metadata(self, stored: Stored) -> dict[str, Any]:
+        manifest = stored.manifest
+        if manifest is None:
+            return {"codec": self.rt.codec.name, "codec_level": self.rt.codec.level}
+        log_text = self.process.log if self.process is not None else ""
+        return {
+            "manifest": manifest.to_dict(),
+            "pg_dump_log": log_text,
+            "codec": manifest.codec,
+            "codec_level": manifest.codec_level,
+            "key_id": manifest.key_id,
+            "server_version": manifest.server_version,
+            **{k: manifest.extra[k] for k in _SHOWN},
+        }
+
+
+#: The manifest's physical facts also shown in ``strongroom show`` and ``--json``.
+_SHOWN = ("system_identifier", "timeline", "start_lsn", "stop_lsn", "start_wal", "stop_wal")
+
+
+def wal_manifest_key(scope: str, file_name: str) -> str:
+    """Where a WAL file's manifest lives (its codec suffix does not change the manifest key)."""
+    return manifest_key_for(wal_key_for(scope, file_name, ""))
+
+
+def confirm_archived(runtime: Runtime, scope: str, names: list[str]) -> list[str]:
+    """Wait (bounded) until every named WAL file's manifest is in every required location.
+
+    Returns the locations checked; raises ``WalNotArchived`` naming what is still missing where.
+    """
+    required = [loc for loc in runtime.locations if loc.required]
+    waiting = {(loc.name, name): loc for loc in required for name in names}
+    deadline = time.monotonic() + runtime.config.wal_confirm_timeout
+    why: dict[tuple[str, str], str] = {}
+    while True:
+        for (where, name), loc in list(waiting.items()):
+            found, why[(where, name)] = _has_manifest(loc, scope, name)
+            if found:
+                del waiting[(where, name)]
+        if not waiting:
+            return [loc.name for loc in required]
+        if time.monotonic() >= deadline:
+            raise WalNotArchived(_missing_message(runtime, waiting, why))
+        time.sleep(_POLL)
+
+
+def _has_manifest(loc: Location, scope: str, name: str) -> tuple[bool, str]:
+    try:
+        loc.stat(wal_manifest_key(scope, name))
+        return True, ""
+    except StorageError as exc:
+        return False, str(exc)
+
+
+def _missing_message(
+    runtime: Runtime, waiting: dict[tuple[str, str], Location], why: dict[tuple[str, str], str]
+) -> str:
+    by_location: dict[str, list[str]] = {}
+    for where, name in waiting:
+        by_location.setdefault(where, []).append(name)
+    parts = [f"{where}: {', '.join(sorted(names))}" for where, names in by_location.items()]
+    first = next(iter(waiting))
+    return (
+        f"the base backup's WAL is not archived in every required location after "
+        f"{runtime.config.wal_confirm_timeout:g} s ({'; '.join(parts)}; {why.get(first, '')}): "
+        "is archive_command `strongroom wal-push %p` (pg_stat_archiver)? "
+        "Else raise BACKUP_WAL_CONFIRM_TIMEOUT"
+    )
