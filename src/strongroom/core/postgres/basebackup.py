@@ -16,23 +16,19 @@ Start and stop LSN and the timeline are read from the ``backup_manifest`` inside
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
-import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from psycopg import sql
 
 from strongroom.core import wal
 from strongroom.core.postgres.binaries import StderrDrain, find_binary
-from strongroom.core.postgres.children import spawn, terminate
+from strongroom.core.postgres.children import StreamingChild, spawn
 from strongroom.core.postgres.conninfo import ConnInfo
 from strongroom.core.tarstream import Capture, TarStream
-from strongroom.errors import DumpFailed, IntegrityError
+from strongroom.errors import IntegrityError
 
 LABEL, BACKUP_MANIFEST = "backup_label", "backup_manifest"
 
@@ -106,64 +102,35 @@ def segments_between(facts: BackupFacts, segment_size: int) -> list[str]:
 
 
 @dataclass
-class BaseBackupProcess:
+class BaseBackupProcess(StreamingChild):
     """A running ``pg_basebackup -Ft -D - -X none``: a ``storing.Source`` of the tar."""
 
-    proc: subprocess.Popen[bytes]
-    drain: StderrDrain
-    timeout: float
-    timed_out: bool = False
+    program: ClassVar[str] = "pg_basebackup"
+
     capture: Capture = field(default_factory=lambda: Capture((LABEL, BACKUP_MANIFEST)))
     _tar: TarStream | None = None
-    _timer: threading.Timer | None = None
 
     def __post_init__(self) -> None:
         self._tar = TarStream(self.capture)
-        self._timer = threading.Timer(self.timeout, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _expire(self) -> None:
-        self.timed_out = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        super().__post_init__()
 
     def read(self, size: int = -1, /) -> bytes:
-        assert self.proc.stdout is not None and self._tar is not None
-        data = self.proc.stdout.read(size) if size >= 0 else self.proc.stdout.read()
+        assert self._tar is not None
+        data = super().read(size)
         self._tar.feed(data)
         return data
 
-    def close(self) -> None:
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
     def finish(self) -> BackupFacts:
         """Wait for exit (PostgreSQL has then seen the backup's WAL archived); its facts."""
-        code = self.proc.wait()
-        if self._timer:
-            self._timer.cancel()
-        self.drain.join(timeout=10)
-        if self.timed_out:
-            raise DumpFailed(
-                f"pg_basebackup did not finish within {self.timeout:g} s and was stopped: is "
-                "archive_command failing (pg_stat_archiver)? Else raise BACKUP_BASE_BACKUP_TIMEOUT"
-            )
-        if code != 0:
-            raise DumpFailed(f"pg_basebackup failed (exit {code}): {self.drain.last_error()}")
+        self.wait_ok(
+            "is archive_command failing (pg_stat_archiver)? Else raise BACKUP_BASE_BACKUP_TIMEOUT"
+        )
         assert self._tar is not None
         self._tar.close()
         found = self.capture.found
         if LABEL not in found or BACKUP_MANIFEST not in found:
             raise IntegrityError("pg_basebackup's stream has no backup_label or backup_manifest")
         return read_backup_facts(found[LABEL], found[BACKUP_MANIFEST])
-
-    def kill(self) -> None:
-        """Stop pg_basebackup now; never raises."""
-        if self._timer:
-            self._timer.cancel()
-        self.close()
-        terminate(self.proc, grace=2.0)
 
     @property
     def log(self) -> str:
