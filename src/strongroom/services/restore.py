@@ -49,8 +49,22 @@ from strongroom.services.runtime import Runtime
 log = logging.getLogger("strongroom.restore")
 
 
+class RowsCompared:
+    """A report of rows per table, the backup's count against the one found after restoring."""
+
+    table_rows: dict[str, tuple[int, int | None]]
+
+    @property
+    def mismatches(self) -> dict[str, tuple[int, int | None]]:
+        return {t: (e, a) for t, (e, a) in self.table_rows.items() if e != a}
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
 @dataclass
-class RestoreReport:
+class RestoreReport(RowsCompared):
     id: str
     source: str
     target: str
@@ -62,14 +76,6 @@ class RestoreReport:
     stages: dict[str, float] = field(default_factory=dict)
     #: ``--replace`` found a mismatch, dropped what it restored and left the target as it was.
     target_kept: bool = False
-
-    @property
-    def mismatches(self) -> dict[str, tuple[int, int | None]]:
-        return {t: (e, a) for t, (e, a) in self.table_rows.items() if e != a}
-
-    @property
-    def ok(self) -> bool:
-        return not self.mismatches
 
 
 def restore_backup(

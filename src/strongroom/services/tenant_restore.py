@@ -46,7 +46,13 @@ from strongroom.errors import (
     WrongKeyError,
 )
 from strongroom.services.discovery import CopyRef, find_copies, scan_manifests
-from strongroom.services.restore import fetch_verified, lock_timeout, make_scratch, undo_target
+from strongroom.services.restore import (
+    RowsCompared,
+    fetch_verified,
+    lock_timeout,
+    make_scratch,
+    undo_target,
+)
 from strongroom.services.runtime import Runtime
 from strongroom.services.tenant_backup import scope_of
 
@@ -54,7 +60,7 @@ KINDS = ("tenant", "full")
 
 
 @dataclass
-class TenantRestoreReport:
+class TenantRestoreReport(RowsCompared):
     id: str
     kind: str
     tenant_id: str
@@ -66,14 +72,6 @@ class TenantRestoreReport:
     table_rows: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def mismatches(self) -> dict[str, tuple[int, int | None]]:
-        return {t: (e, a) for t, (e, a) in self.table_rows.items() if e != a}
-
-    @property
-    def ok(self) -> bool:
-        return not self.mismatches
 
 
 def restore_tenant(
