@@ -59,18 +59,39 @@ def run_full_backup(
         job_id=job_id,
         created_by_id=created_by_id,
     )
+
+    def run() -> BackupReport:
+        _fail_dead_runs(target.dbname, record.id)
+        return _BackupRun(runtime, target, record.id, progress).run()
+
+    return run_locked(config, target, record.id, run)
+
+
+def run_locked(
+    config: Config,
+    target: postgres.ConnInfo,
+    record_id: str,
+    run: Callable[[], BackupReport],
+    *,
+    purpose: str = "backup",
+) -> BackupReport:
+    """How every kind of backup run ends, once its record exists: never without a final status.
+
+    ``run`` goes under the database's lock for ``purpose``: another run holding it makes this
+    one SKIPPED; any exception makes it FAILED (recorded and notified) and goes on up; a run
+    that ends other than COMPLETED is notified.
+    """
     try:
-        with database_lock(target):
-            _fail_dead_runs(target.dbname, record.id)
-            store.mark_running(record.id)
-            report = _BackupRun(runtime, target, record.id, progress).run()
+        with database_lock(target, purpose):
+            store.mark_running(record_id)
+            report = run()
     except LockBusy as exc:
-        store.finish_backup(record.id, status=BackupStatus.SKIPPED, error=str(exc))
-        return BackupReport(record.id, BackupStatus.SKIPPED, str(exc))
+        store.finish_backup(record_id, status=BackupStatus.SKIPPED, error=str(exc))
+        return BackupReport(record_id, BackupStatus.SKIPPED, str(exc))
     except BaseException as exc:
         reason = failure_reason(exc)
-        store.finish_backup(record.id, status=BackupStatus.FAILED, error=reason)
-        notify_problem(config, record.id, BackupStatus.FAILED, reason)
+        store.finish_backup(record_id, status=BackupStatus.FAILED, error=reason)
+        notify_problem(config, record_id, BackupStatus.FAILED, reason)
         raise
     if report.status != BackupStatus.COMPLETED:
         notify_problem(config, report.id, report.status, report.error)

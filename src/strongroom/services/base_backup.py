@@ -27,7 +27,6 @@ from typing import Any
 from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core import postgres, wal
-from strongroom.core.locking import database_lock
 from strongroom.core.manifest import (
     Manifest,
     key_segment,
@@ -38,11 +37,9 @@ from strongroom.core.manifest import (
 from strongroom.core.pipeline import StreamResult
 from strongroom.core.postgres import basebackup
 from strongroom.core.postgres.basebackup import BackupFacts, ClusterFacts
-from strongroom.core.status import BackupStatus
 from strongroom.core.storage.base import Location
-from strongroom.errors import ConfigError, LockBusy, StorageError, WalNotArchived
-from strongroom.services.backup import BackupReport, failure_reason, finish_run
-from strongroom.services.notify import notify_problem
+from strongroom.errors import ConfigError, StorageError, WalNotArchived
+from strongroom.services.backup import BackupReport, finish_run, run_locked
 from strongroom.services.runtime import Runtime
 from strongroom.services.storing import ObjectUpload, Stored, stream_fields
 
@@ -68,21 +65,13 @@ def run_base_backup(
     record = store.start_backup(
         backup_type="BASE_BACKUP", database=cluster.system_identifier, job_id=job_id
     )
-    try:
-        with database_lock(target, LOCK_PURPOSE):
-            store.mark_running(record.id)
-            report = _BaseRun(runtime, target, cluster, record.id, progress).run()
-    except LockBusy as exc:
-        store.finish_backup(record.id, status=BackupStatus.SKIPPED, error=str(exc))
-        return BackupReport(record.id, BackupStatus.SKIPPED, str(exc))
-    except BaseException as exc:
-        reason = failure_reason(exc)
-        store.finish_backup(record.id, status=BackupStatus.FAILED, error=reason)
-        notify_problem(config, record.id, BackupStatus.FAILED, reason)
-        raise
-    if report.status != BackupStatus.COMPLETED:
-        notify_problem(config, report.id, report.status, report.error)
-    return report
+    return run_locked(
+        config,
+        target,
+        record.id,
+        lambda: _BaseRun(runtime, target, cluster, record.id, progress).run(),
+        purpose=LOCK_PURPOSE,
+    )
 
 
 @dataclass

@@ -22,7 +22,6 @@ from typing import Any
 from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core import postgres, tenant_format
-from strongroom.core.locking import database_lock
 from strongroom.core.manifest import Manifest, database_prefix, object_key_for
 from strongroom.core.pipeline import StreamResult
 from strongroom.core.postgres.tenant_export import (
@@ -34,9 +33,8 @@ from strongroom.core.postgres.tenant_export import (
 )
 from strongroom.core.postgres.tenants import rows_per_tenant, tenant_ids
 from strongroom.core.status import BackupStatus
-from strongroom.errors import LockBusy, PreflightError, StrongroomError
-from strongroom.services.backup import BackupReport, failure_reason, finish_run
-from strongroom.services.notify import notify_problem
+from strongroom.errors import PreflightError, StrongroomError
+from strongroom.services.backup import BackupReport, finish_run, run_locked
 from strongroom.services.runtime import Runtime
 from strongroom.services.storing import ObjectUpload, Stored, stream_fields
 
@@ -63,21 +61,12 @@ def run_tenant_backup(
         record = store.start_backup(
             backup_type="TENANT_BACKUP", database=target.dbname, tenant_id=tenant_id, job_id=job_id
         )
-        try:
-            with database_lock(target):
-                store.mark_running(record.id)
-                report = _TenantRun(runtime, target, record.id, session, progress).run()
-        except LockBusy as exc:
-            store.finish_backup(record.id, status=BackupStatus.SKIPPED, error=str(exc))
-            return BackupReport(record.id, BackupStatus.SKIPPED, str(exc))
-        except BaseException as exc:
-            reason = failure_reason(exc)
-            store.finish_backup(record.id, status=BackupStatus.FAILED, error=reason)
-            notify_problem(config, record.id, BackupStatus.FAILED, reason)
-            raise
-    if report.status != BackupStatus.COMPLETED:
-        notify_problem(config, report.id, report.status, report.error)
-    return report
+        return run_locked(
+            config,
+            target,
+            record.id,
+            lambda: _TenantRun(runtime, target, record.id, session, progress).run(),
+        )
 
 
 @dataclass
