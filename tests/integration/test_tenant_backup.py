@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from clisupport import Cli, clean_environ, command, ok_json
 from psycopg import sql
 
 from strongroom.config import load_config
@@ -38,8 +37,6 @@ from strongroom.services.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 
-CLI = Path(sys.executable).with_name("strongroom")
-_FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
 SHOP_TENANT_TABLES = (
     "public.tenants",
     "public.customers",
@@ -48,14 +45,12 @@ SHOP_TENANT_TABLES = (
     "public.sale_items",
 )
 
-Cli = Callable[..., subprocess.CompletedProcess[str]]
-
 
 @pytest.fixture
 def env(tmp_path: Path, demo_db: DemoDatabase) -> dict[str, str]:
     (tmp_path / "local").mkdir()
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)},
+        **clean_environ(),
         "HOME": str(tmp_path),
         "DATABASE_URL": demo_db.admin_url,
         "BACKUP_ENCRYPTION_KEY": generate_key(),
@@ -67,22 +62,7 @@ def env(tmp_path: Path, demo_db: DemoDatabase) -> dict[str, str]:
 
 @pytest.fixture
 def cli(env: dict[str, str]) -> Cli:
-    def run(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(CLI), *args],
-            env={**env, **overrides},
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-
-    return run
-
-
-def _ok(done: subprocess.CompletedProcess[str]) -> Any:
-    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr}"
-    return json.loads(done.stdout)
+    return command(env, timeout=180)
 
 
 def _one_error_line(done: subprocess.CompletedProcess[str], code: int) -> str:
@@ -181,7 +161,7 @@ def test_one_tenant_holds_exactly_its_rows(
     cli: Cli, env: dict[str, str], demo_db: DemoDatabase, staged: Callable[..., Any]
 ) -> None:
     tenant = demo_db.tenants[1].id
-    doc = _ok(cli("tenant", "backup", tenant, "--json"))
+    doc = ok_json(cli("tenant", "backup", tenant, "--json"))
     assert doc["status"] == "COMPLETED" and doc["backup_type"] == "TENANT_BACKUP"
     assert doc["tenant_id"] == tenant
     assert doc["copies"][0]["key"].startswith(f"{demo_db.name}/tenant/")
@@ -200,7 +180,7 @@ def test_one_tenant_holds_exactly_its_rows(
     rows = staged(header, streams)
     for table in header["tables"]:
         assert rows[table["name"]] == _source_rows(demo_db.admin_url, table, tenant)
-    listed = _ok(cli("list", "--tenant", tenant, "--json"))
+    listed = ok_json(cli("list", "--tenant", tenant, "--json"))
     assert [b["id"] for b in listed] == [doc["id"]]
 
 
@@ -215,7 +195,7 @@ def test_a_policy_that_shows_everything_leaks_nothing(
                 )
             )
     tenant = demo_db.tenants[0].id
-    doc = _ok(cli("tenant", "backup", tenant, "--json"))
+    doc = ok_json(cli("tenant", "backup", tenant, "--json"))
     header, streams = _decode(env, doc)
     rows = staged(header, streams)
     assert {n: len(r) for n, r in rows.items()} == _real_counts(demo_db.admin_url, tenant)
@@ -226,7 +206,7 @@ def test_a_policy_that_shows_everything_leaks_nothing(
 def test_all_tenants_one_object_each_then_verify_and_list(
     cli: Cli, env: dict[str, str], demo_db: DemoDatabase
 ) -> None:
-    result = _ok(cli("tenant", "backup", "--all", "--json"))
+    result = ok_json(cli("tenant", "backup", "--all", "--json"))
     assert result["ok"] is True
     assert sorted(r["tenant_id"] for r in result["tenants"]) == sorted(
         t.id for t in demo_db.tenants
@@ -234,9 +214,9 @@ def test_all_tenants_one_object_each_then_verify_and_list(
     objects = [f for f in _stored(env) if not f.endswith(MANIFEST_SUFFIX)]
     assert len(objects) == len(demo_db.tenants)
     first = result["tenants"][0]
-    verified = _ok(cli("verify", first["id"], "--json"))
+    verified = ok_json(cli("verify", first["id"], "--json"))
     assert verified["status"] == "VERIFIED"
-    listed = _ok(cli("tenant", "list", "--json"))
+    listed = ok_json(cli("tenant", "list", "--json"))
     for entry in listed:
         assert entry["rows"] == sum(_real_counts(demo_db.admin_url, entry["tenant_id"]).values())
         assert entry["newest_backup"]["status"] in ("COMPLETED", "VERIFIED")
@@ -246,7 +226,7 @@ def test_restore_refuses_a_tenant_backup_before_touching_the_target(
     cli: Cli, demo_db: DemoDatabase, pg_cluster: PgCluster
 ) -> None:
     """A tenant export is not a pg_dump archive: the full restore says so, creates nothing."""
-    backup = _ok(cli("tenant", "backup", demo_db.tenants[0].id, "--json"))
+    backup = ok_json(cli("tenant", "backup", demo_db.tenants[0].id, "--json"))
     name = f"restored_{uuid.uuid4().hex[:10]}"
     line = _one_error_line(cli("restore", backup["id"], "--target", pg_cluster.url(name)), 2)
     assert f"tenant {demo_db.tenants[0].id}" in line and "full backup" in line
@@ -258,7 +238,7 @@ def test_unknown_tenant_is_one_line_and_nothing_stored(cli: Cli, env: dict[str, 
         line = _one_error_line(cli("tenant", "backup", wrong), 2)
         assert wrong in line and "strongroom tenant list" in line
     assert _stored(env) == []
-    assert _ok(cli("list", "--json")) == []
+    assert ok_json(cli("list", "--json")) == []
 
 
 def test_rls_table_reaching_no_tenant_is_refused_by_name(
@@ -270,7 +250,7 @@ def test_rls_table_reaching_no_tenant_is_refused_by_name(
     line = _one_error_line(cli("tenant", "backup", demo_db.tenants[0].id), 2)
     assert "public.audit_log" in line
     assert _stored(env) == []
-    assert _ok(cli("list", "--json")) == []
+    assert ok_json(cli("list", "--json")) == []
 
 
 def test_a_role_that_may_not_take_the_owner_is_told_what_to_grant(
@@ -358,7 +338,7 @@ def test_own_schema_with_every_awkward_type_round_trips(
             "STRONGROOM_TENANT_COLUMN": "acct",
             "STRONGROOM_TENANT_SETTING": "app.acct",
         }
-        doc = _ok(cli("tenant", "backup", "a", "--json", **settings))
+        doc = ok_json(cli("tenant", "backup", "a", "--json", **settings))
         manifest = json.loads(
             (Path(env["BACKUP_LOCAL_PATH"]) / manifest_key_for(doc["copies"][0]["key"])).read_text()
         )["manifest"]
@@ -385,17 +365,17 @@ def test_catalog_rebuild_brings_a_tenant_backup_back(
     cli: Cli, env: dict[str, str], demo_db: DemoDatabase
 ) -> None:
     tenant = demo_db.tenants[2].id
-    doc = _ok(cli("tenant", "backup", tenant, "--json"))
+    doc = ok_json(cli("tenant", "backup", tenant, "--json"))
     Path(env["STRONGROOM_CATALOG_URL"].removeprefix("sqlite:///")).unlink()
     done = cli("catalog", "rebuild", "--from", "local", "--json")
     assert done.returncode == 0, done.stderr
-    (back,) = _ok(cli("list", "--tenant", tenant, "--json"))
+    (back,) = ok_json(cli("list", "--tenant", tenant, "--json"))
     assert (back["id"], back["backup_type"], back["tenant_id"]) == (
         doc["id"],
         "TENANT_BACKUP",
         tenant,
     )
-    assert _ok(cli("verify", doc["id"], "--json"))["status"] == "VERIFIED"
+    assert ok_json(cli("verify", doc["id"], "--json"))["status"] == "VERIFIED"
 
 
 def test_the_backup_carries_the_schema_a_new_database_is_made_from(
@@ -403,7 +383,7 @@ def test_the_backup_carries_the_schema_a_new_database_is_made_from(
 ) -> None:
     """Pre-data from the header's archive, the tenant's COPY streams, then post-data."""
     tenant = demo_db.tenants[0].id
-    doc = _ok(cli("tenant", "backup", tenant, "--json"))
+    doc = ok_json(cli("tenant", "backup", tenant, "--json"))
     manifest_file = Path(env["BACKUP_LOCAL_PATH"]) / manifest_key_for(doc["copies"][0]["key"])
     extra = json.loads(manifest_file.read_text())["manifest"]["extra"]
     header, streams = _decode(env, doc)

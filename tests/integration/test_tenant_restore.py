@@ -6,11 +6,8 @@ tenant restored and of every other tenant, before and after, read as a superuser
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from clisupport import CLI, Cli, clean_environ, command, ok_json
 from psycopg import sql
 
 from strongroom.core.crypto import generate_key
@@ -36,8 +34,6 @@ from strongroom.sandbox.seaweed import SeaweedServer
 
 pytestmark = pytest.mark.integration
 
-CLI = Path(sys.executable).with_name("strongroom")
-_FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
 #: The demo's tenant tables and the column that says whose a row is.
 SHOP = {
     "public.tenants": "id",
@@ -48,7 +44,6 @@ SHOP = {
 }
 APP_NAME = "strongroom-tenant-restore-test"
 
-Cli = Callable[..., subprocess.CompletedProcess[str]]
 Digests = dict[tuple[str, str], tuple[int, str]]
 
 
@@ -56,7 +51,7 @@ Digests = dict[tuple[str, str], tuple[int, str]]
 def env(tmp_path: Path, demo_db: DemoDatabase) -> dict[str, str]:
     (tmp_path / "local").mkdir()
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)},
+        **clean_environ(),
         "HOME": str(tmp_path),
         "DATABASE_URL": demo_db.admin_url,
         "BACKUP_ENCRYPTION_KEY": generate_key(),
@@ -69,22 +64,7 @@ def env(tmp_path: Path, demo_db: DemoDatabase) -> dict[str, str]:
 
 @pytest.fixture
 def cli(env: dict[str, str]) -> Cli:
-    def run(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(CLI), *args],
-            env={**env, **overrides},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-
-    return run
-
-
-def _ok(done: subprocess.CompletedProcess[str]) -> Any:
-    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr}"
-    return json.loads(done.stdout)
+    return command(env, timeout=300)
 
 
 def _one_error_line(done: subprocess.CompletedProcess[str], code: int) -> str:
@@ -145,7 +125,7 @@ def test_tenant_backup_restored_in_place_as_the_app_role(
     cli: Cli, env: dict[str, str], demo_db: DemoDatabase
 ) -> None:
     tenant = demo_db.tenants[1].id
-    backup = _ok(cli("tenant", "backup", tenant, "--json"))
+    backup = ok_json(cli("tenant", "backup", tenant, "--json"))
     before = digests(demo_db.admin_url)
     _damage(demo_db.admin_url, tenant)
     damaged = digests(demo_db.admin_url)
@@ -161,7 +141,7 @@ def test_tenant_backup_restored_in_place_as_the_app_role(
     done = cli(
         "tenant", "restore", backup["id"], "--target", target, "--replace", "--json", **password
     )
-    report = _ok(done)
+    report = ok_json(done)
     assert demo_db.app_password not in done.stdout + done.stderr
     assert (report["status"], report["kind"], report["mode"]) == ("RESTORED", "tenant", "in place")
     assert report["tenant_id"] == tenant
@@ -177,7 +157,7 @@ def test_latest_needs_the_tenant_and_human_output_lists_tables(
     cli: Cli, demo_db: DemoDatabase
 ) -> None:
     tenant = demo_db.tenants[0].id
-    _ok(cli("tenant", "backup", tenant, "--json"))
+    ok_json(cli("tenant", "backup", tenant, "--json"))
     line = _one_error_line(cli("tenant", "restore", "--latest", "--target", demo_db.admin_url), 2)
     assert "--tenant" in line
     before = digests(demo_db.admin_url)
@@ -197,11 +177,11 @@ def test_latest_needs_the_tenant_and_human_output_lists_tables(
     assert other in line and "strongroom tenant backup" in line
     with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:  # the tenant is gone whole
         conn.execute("DELETE FROM tenants WHERE id = %s", (tenant,))
-    (backup_id,) = {b["id"] for b in _ok(cli("list", "--tenant", tenant, "--json"))}
+    (backup_id,) = {b["id"] for b in ok_json(cli("list", "--tenant", tenant, "--json"))}
     wrong = cli("tenant", "restore", backup_id, "--tenant", other, "--target", demo_db.admin_url)
     assert f"tenant {tenant}'s, not {other}'s" in _one_error_line(wrong, 2)
     done = cli("tenant", "restore", backup_id, "--target", demo_db.admin_url, "--json")
-    assert _ok(done)["status"] == "RESTORED"  # nothing left to replace: no --replace needed
+    assert ok_json(done)["status"] == "RESTORED"  # nothing left to replace: no --replace needed
     assert digests(demo_db.admin_url) == before
 
 
@@ -211,7 +191,7 @@ def test_changes_that_trip_a_constraint_fall_back_to_every_row(
     """Two items swapped their skus and a sale line moved to a new item: written row by row,
     the first update would break the unique sku and the new item's delete its reference."""
     tenant = demo_db.tenants[0].id
-    backup = _ok(cli("tenant", "backup", tenant, "--json"))
+    backup = ok_json(cli("tenant", "backup", tenant, "--json"))
     before = digests(demo_db.admin_url)
     with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:
         conn.execute("SET row_security = off")
@@ -244,7 +224,7 @@ def test_a_policy_that_forbids_updates_and_deletes_is_not_a_silent_no_op(
     """Under RLS an UPDATE or DELETE that no policy allows changes no row and raises nothing:
     the restore must notice, not report success over the tenant's changed rows."""
     tenant = demo_db.tenants[2].id
-    backup = _ok(cli("tenant", "backup", tenant, "--json"))
+    backup = ok_json(cli("tenant", "backup", tenant, "--json"))
     _damage(demo_db.admin_url, tenant)
     with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:
         own = "tenant_id = NULLIF(current_setting('app.current_tenant', true), '')::uuid"
@@ -263,7 +243,7 @@ def test_a_policy_that_forbids_updates_and_deletes_is_not_a_silent_no_op(
 
 def test_schema_drift_is_refused_naming_table_and_column(cli: Cli, demo_db: DemoDatabase) -> None:
     tenant = demo_db.tenants[0].id
-    backup = _ok(cli("tenant", "backup", tenant, "--json"))
+    backup = ok_json(cli("tenant", "backup", tenant, "--json"))
     _damage(demo_db.admin_url, tenant)
     restore = ("tenant", "restore", backup["id"], "--target", demo_db.admin_url, "--replace")
     with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:
@@ -427,7 +407,7 @@ def test_own_schema_partitions_identity_and_sequences(
 ) -> None:
     url, _ = own_db
     settings = {**OWN_SETTINGS, "DATABASE_URL": url}
-    backup = _ok(cli("tenant", "backup", "a", "--json", **settings))
+    backup = ok_json(cli("tenant", "backup", "a", "--json", **settings))
     before = digests(url, OWN)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DELETE FROM events WHERE acct = 'a' AND at >= '2025-01-01'")
@@ -439,7 +419,7 @@ def test_own_schema_partitions_identity_and_sequences(
         conn.execute("UPDATE accounts SET name = 'Renamed' WHERE account_key = 'a'")
     others = _others(digests(url, OWN), "a")
     moved = _sequences(url)
-    report = _ok(
+    report = ok_json(
         cli("tenant", "restore", backup["id"], "--target", url, "--replace", "--json", **settings)
     )
     assert report["tables"]["public.events"] == {"expected": 40, "restored": 40}
@@ -452,7 +432,9 @@ def test_own_schema_partitions_identity_and_sequences(
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ALTER SEQUENCE notes_n_seq RESTART WITH 1")
         conn.execute("ALTER TABLE events ALTER COLUMN id RESTART WITH 1")
-    _ok(cli("tenant", "restore", backup["id"], "--target", url, "--replace", "--json", **settings))
+    ok_json(
+        cli("tenant", "restore", backup["id"], "--target", url, "--replace", "--json", **settings)
+    )
     with psycopg.connect(url, autocommit=True) as conn:
         for table, column, seq in (
             ("notes", "n", "notes_n_seq"),
@@ -469,7 +451,9 @@ def test_own_schema_partitions_identity_and_sequences(
 
     # into a new database: the tables, the rows straight in, then keys; sequences past the rows
     url_new = new_db()
-    report = _ok(cli("tenant", "restore", backup["id"], "--target", url_new, "--json", **settings))
+    report = ok_json(
+        cli("tenant", "restore", backup["id"], "--target", url_new, "--json", **settings)
+    )
     assert report["mode"] == "new database"
     assert digests(url_new, OWN) == _of(before, "a")
     with psycopg.connect(url_new, autocommit=True) as conn:
@@ -509,7 +493,7 @@ def test_another_tenant_keeps_committing_during_the_restore(
 ) -> None:
     tenant, other = demo_db.tenants[0].id, demo_db.tenants[2].id
     _grow(demo_db.admin_url, tenant, 150_000)
-    backup = _ok(cli("tenant", "backup", tenant, "--json"))
+    backup = ok_json(cli("tenant", "backup", tenant, "--json"))
     before = digests(demo_db.admin_url)
     _damage(demo_db.admin_url, tenant)
     stop, commits, errors, window = threading.Event(), [], [], []
@@ -552,7 +536,7 @@ def test_another_tenant_keeps_committing_during_the_restore(
         stop.set()
         for thread in threads:
             thread.join()
-    assert _ok(done)["status"] == "RESTORED"
+    assert ok_json(done)["status"] == "RESTORED"
     assert errors == []
     assert window and window[-1] - window[0] > 0.3, "the restore was too quick to tell"
     during = [t for t in commits if window[0] < t < window[-1]]
@@ -566,7 +550,7 @@ def test_sigkill_mid_load_leaves_the_tenant_as_it_was(
 ) -> None:
     tenant = demo_db.tenants[1].id
     _grow(demo_db.admin_url, tenant, 150_000)
-    backup = _ok(cli("tenant", "backup", tenant, "--json"))
+    backup = ok_json(cli("tenant", "backup", tenant, "--json"))
     _damage(demo_db.admin_url, tenant)
     damaged = digests(demo_db.admin_url)
     argv = [str(CLI), "tenant", "restore", backup["id"], "--target", demo_db.admin_url, "--replace"]
@@ -602,7 +586,7 @@ def test_a_corrupt_copy_is_refused_and_the_next_location_used(
         "STRONGROOM_LOCATIONS": "local,r2",
     }
     tenant = demo_db.tenants[2].id
-    backup = _ok(cli("tenant", "backup", tenant, "--json", **cloud))
+    backup = ok_json(cli("tenant", "backup", tenant, "--json", **cloud))
     before = digests(demo_db.admin_url)
     _damage(demo_db.admin_url, tenant)
     damaged = digests(demo_db.admin_url)
@@ -619,7 +603,7 @@ def test_a_corrupt_copy_is_refused_and_the_next_location_used(
     assert line.startswith("strongroom: error: no intact copy") and "local: " in line
     assert digests(demo_db.admin_url) == damaged
 
-    report = _ok(cli(*restore, "--json", **cloud))
+    report = ok_json(cli(*restore, "--json", **cloud))
     assert report["source"] == "r2" and report["skipped"][0].startswith("local: ")
     assert digests(demo_db.admin_url) == before
 
@@ -643,7 +627,7 @@ def new_db(pg_cluster: PgCluster) -> Iterator[Callable[[], str]]:
 
 def test_a_tenant_rolled_back_to_a_full_backups_night(cli: Cli, demo_db: DemoDatabase) -> None:
     tenant = demo_db.tenants[2].id
-    full = _ok(cli("backup", "--json"))
+    full = ok_json(cli("backup", "--json"))
     before = digests(demo_db.admin_url)
     _damage(demo_db.admin_url, tenant)
     with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:  # another tenant moves on
@@ -654,7 +638,7 @@ def test_a_tenant_rolled_back_to_a_full_backups_night(cli: Cli, demo_db: DemoDat
     restore = ("tenant", "restore", full["id"], "--target", demo_db.admin_url, "--replace")
     line = _one_error_line(cli(*restore), 2)
     assert "full backup" in line and "--tenant" in line
-    report = _ok(cli(*restore, "--tenant", tenant.upper(), "--json"))
+    report = ok_json(cli(*restore, "--tenant", tenant.upper(), "--json"))
     assert (report["kind"], report["tenant_id"], report["status"]) == ("full", tenant, "RESTORED")
     assert (
         report["tables"]["public.sale_items"]["restored"]
@@ -669,12 +653,12 @@ def test_export_into_new_databases_holds_exactly_one_tenant(
     cli: Cli, demo_db: DemoDatabase, new_db: Callable[[], str]
 ) -> None:
     tenant = demo_db.tenants[1].id
-    backup = _ok(cli("tenant", "backup", tenant, "--json"))
-    full = _ok(cli("backup", "--json"))
+    backup = ok_json(cli("tenant", "backup", tenant, "--json"))
+    full = ok_json(cli("backup", "--json"))
     expected = _of(digests(demo_db.admin_url), tenant)
     for source, extra in ((backup["id"], ()), (full["id"], ("--tenant", tenant.upper()))):
         url = new_db()
-        report = _ok(cli("tenant", "restore", source, "--target", url, *extra, "--json"))
+        report = ok_json(cli("tenant", "restore", source, "--target", url, *extra, "--json"))
         assert (report["mode"], report["status"]) == ("new database", "RESTORED"), source
         assert report["tenant_id"] == tenant
         assert digests(url) == expected, source
