@@ -326,3 +326,17 @@ def test_a_failing_section_is_one_line(own_db: str, tmp_path: Path) -> None:
     message = str(caught.value)
     assert "--section=pre-data" in message and "already exists" in message
     assert "\n" not in message
+
+
+def test_tenant_rows_of_a_table_the_target_lacks_are_refused_by_name(
+    own_db: str, tmp_path: Path
+) -> None:
+    """A dropped shared table is passed over; a dropped partition's rows would be lost: refused."""
+    archive = _full_dump(own_db, tmp_path / "own.dump")
+    with psycopg.connect(own_db, autocommit=True) as conn:
+        conn.execute("DROP TABLE currencies")
+    assert _extract(archive, own_db, OWN, "b")["public.events"]
+    with psycopg.connect(own_db, autocommit=True) as conn:
+        conn.execute("DROP TABLE events_2025")
+    with pytest.raises(RestoreError, match=r"public\.events_2025, which the target does not have"):
+        _extract(archive, own_db, OWN, "b")
