@@ -5,6 +5,8 @@ application role), SeaweedFS standing in for Cloudflare R2 and Backblaze B2, a f
 SQLite catalog and a temporary local location. It then does what an operator would: sees the
 application role refused by the RLS preflight, creates the backup role, backs up to all three
 locations, verifies every copy, restores into a new database and proves it equal, row for row.
+Then two recoveries (``demo_recovery.py``): one tenant damaged and restored in place while every
+other tenant's rows stay the same, and a point-in-time recovery on a second, archiving cluster.
 
 The flow lives with the interfaces because it is one: it calls the same services the CLI does
 and renders a summary; ``strongroom.sandbox`` only provides the servers and the shop's data.
@@ -191,7 +193,7 @@ def _run(base: Path, scale: int, servers: ExitStack) -> DemoResult:
     # The tenant steps run as the superuser: an export reads each table as its owner.
     as_admin = load_config({**settings, "DATABASE_URL": demo.admin_url})
     result.tenant = tenant_restore_in_place(as_admin, demo.admin_url, demo.tenants[1].id, _step)
-    result.pitr = point_in_time_recovery(settings, settings["STRONGROOM_CATALOG_URL"], _step)
+    result.pitr = point_in_time_recovery(settings, _step)
     return result
 
 

@@ -143,13 +143,16 @@ def _others(found: Digests, tenant: str) -> Digests:
 # -- a point in time ----------------------------------------------------------------------------
 
 
-def point_in_time_recovery(settings: Mapping[str, str], catalog_url: str, step: Step) -> PitrDemo:
-    """The whole PITR scene on its own archiving cluster; every file it made is gone after."""
+def point_in_time_recovery(settings: Mapping[str, str], step: Step) -> PitrDemo:
+    """The whole PITR scene on its own archiving cluster; every file it made is gone after.
+
+    ``settings`` are the demo's (key, locations, catalog): the new cluster archives into the
+    same R2 and B2, under its own system identifier."""
     began = time.monotonic()
     as_root = os.geteuid() == 0
     base = Path(tempfile.mkdtemp(prefix="strongroom-demo-pitr-", dir="/tmp" if as_root else None))
     try:
-        result = _Pitr(base, settings, catalog_url, step).run()
+        result = _Pitr(base, settings, step).run()
     finally:
         shutil.rmtree(base, ignore_errors=True)
     result.seconds = time.monotonic() - began
@@ -159,9 +162,7 @@ def point_in_time_recovery(settings: Mapping[str, str], catalog_url: str, step: 
 class _Pitr:
     """The archiving cluster's files: its launcher, its config file, its local location."""
 
-    def __init__(
-        self, base: Path, settings: Mapping[str, str], catalog_url: str, step: Step
-    ) -> None:
+    def __init__(self, base: Path, settings: Mapping[str, str], step: Step) -> None:
         self.base = base
         self.step = step
         self.launcher = write_launcher(base / "strongroom")
@@ -182,7 +183,7 @@ class _Pitr:
             fh.write("".join(f"{k}={v}\n" for k, v in self.file_settings.items()))
         os.chmod(base, 0o700)
         give_tree_to_server(base)
-        self.catalog_url = catalog_url
+        self.catalog_url = settings["STRONGROOM_CATALOG_URL"]  # ours, not the server's
 
     @property
     def tool(self) -> list[str]:
