@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -22,6 +23,7 @@ CLI = Path(sys.executable).with_name("strongroom")
 def test_the_demo_backs_up_to_three_locations_verifies_and_restores_an_equal_database(
     tmp_path: Path,
 ) -> None:
+    """Also one tenant restored in place beside untouched tenants, and a point in time."""
     env = {**os.environ, "TMPDIR": str(tmp_path), "COLUMNS": "200"}
     for name in ("DATABASE_URL", "BACKUP_ENCRYPTION_KEY", "STRONGROOM_CATALOG_URL"):
         env.pop(name, None)  # the demo must need nothing configured
@@ -35,8 +37,24 @@ def test_the_demo_backs_up_to_three_locations_verifies_and_restores_an_equal_dat
     for location in ("local", "r2", "b2"):
         assert f"│ {location} " in out
     assert out.count("equal") >= 5  # one row per demo table, each equal to the source
-    assert "every table equal to the source: yes. PASS" in out
-    assert "DIFFERENT" not in out and "FAIL" not in out
+    assert "every table equal to the source: yes." in out
+    flat = " ".join(out.split())
+    tenant = re.search(
+        r"Tenant restore of \S+ in place from tenant backup \S+ in [\d.]+s \(damaged: "
+        r"customers, sale_items, sales\): its tables equal to before the damage: yes; the other "
+        r"4 tenants unchanged: yes\.",
+        flat,
+    )
+    assert tenant, flat
+    pitr = re.search(
+        r"Point-in-time recovery to \S+ from base backup \S+ in [\d.]+s: batch A present "
+        r"\(25 rows\): yes; batch B's damage absent \(60 of 60 inventory items back, 0 left in "
+        r"the source\): yes; every table equal to the source at that time: yes\.",
+        flat,
+    )
+    assert pitr, flat
+    assert "Every step: PASS" in out
+    assert "DIFFERENT" not in out and "FAIL" not in out and " NO" not in out
     # Nothing left behind: the cluster, SeaweedFS (its logs and caches included) and the local
     # location all lived in TMPDIR.
     assert list(tmp_path.iterdir()) == []
@@ -83,7 +101,9 @@ def test_demo_keep_leaves_servers_running_for_the_cli_and_stop_sh_removes_everyt
             timeout=60,
         )
         assert listed.returncode == 0, listed.stderr
-        (backup,) = json.loads(listed.stdout)
+        kinds = {b["backup_type"]: b for b in json.loads(listed.stdout)}
+        assert sorted(kinds) == ["BASE_BACKUP", "FULL_DATABASE", "TENANT_BACKUP"]
+        backup = kinds["FULL_DATABASE"]
         assert backup["status"] == "VERIFIED"
         verified = subprocess.run(
             [str(CLI), "verify", backup["id"], "--json"],

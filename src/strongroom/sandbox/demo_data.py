@@ -423,3 +423,26 @@ def table_digests(url: str) -> dict[str, tuple[int, str]]:
                 ) from None
             digests[f"{schema}.{name}"] = (rows, digest.hexdigest())
     return digests
+
+
+#: Each demo table's tenant column (``tenants`` is keyed by its own id).
+TENANT_COLUMNS = {table: "id" if table == "tenants" else "tenant_id" for table in TABLES}
+
+
+def tenant_digests(url: str) -> dict[tuple[str, str], tuple[int, str]]:
+    """``{(table, tenant): (rows, md5)}``: each tenant's rows of each demo table, as sorted text.
+
+    Per tenant, so a one-tenant restore can be shown to change that tenant and no other. Like
+    :func:`table_digests`, it needs a role that sees every row (``row_security = off``).
+    """
+    found: dict[tuple[str, str], tuple[int, str]] = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET row_security = off")
+        for table, column in TENANT_COLUMNS.items():
+            query = sql.SQL(
+                "SELECT {}::text, count(*), md5(string_agg(t::text, E'\\n' ORDER BY t::text"
+                ' COLLATE "C")) FROM public.{} AS t GROUP BY 1'
+            ).format(sql.Identifier(column), sql.Identifier(table))
+            for tenant, rows, digest in conn.execute(query).fetchall():
+                found[(table, str(tenant))] = (int(rows), str(digest))
+    return found

@@ -99,6 +99,26 @@ def find_server_bindir() -> str:
     raise PostgresError(_NOT_FOUND)
 
 
+def give_tree_to_server(path: Path) -> None:
+    """Hand ``path`` and everything under it to the server's OS user when we are root.
+
+    What the server reads or writes (its data directory, a config file ``archive_command``
+    reads) must be its own; as another user nothing needs to change.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        entry = pwd.getpwnam(SERVER_OS_USER)
+    except KeyError:
+        raise PostgresError(
+            f"running as root, but there is no {SERVER_OS_USER!r} OS user to run PostgreSQL as"
+        ) from None
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+
+
 def _clean_env() -> dict[str, str]:
     """Our environment minus libpq variables, which would redirect the tools elsewhere."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -177,6 +197,26 @@ class PgCluster:
         return path
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def adopt(
+        cls, base_dir: Path, *, bindir: str | None = None, settings: Mapping[str, str] | None = None
+    ) -> PgCluster:
+        """A data directory made elsewhere (a restored base backup) in ``base_dir/data``.
+
+        It gets its own free port and socket directory, ``settings`` on top of its own
+        ``postgresql.conf``, and is handed to the server's OS user; ``start()`` it, and
+        ``close()`` stops it and removes ``base_dir``, as for a cluster made here.
+        """
+        cluster = cls(bindir=bindir, settings=settings)
+        cluster._base = base_dir
+        atexit.register(cluster.close)
+        cluster.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        cluster.log_file.touch(mode=0o600)
+        cluster.port = free_port()
+        cluster._write_settings({**(settings or {}), **cluster._listen_settings()})
+        give_tree_to_server(base_dir)
+        return cluster
 
     def __enter__(self) -> PgCluster:
         try:
