@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from celery import Celery
 from kombu import Connection
@@ -862,3 +863,27 @@ def test_the_weekly_drill_task_through_the_broker_drills_the_newest_backup_and_m
     assert drill["kind"] == "full" and drill["backup_id"] == backup_id
     assert drill["rto_seconds"] > 0 and drill["mismatches"] == []
     assert _store().get_backup(backup_id).last_drill_ok is True
+
+
+def test_the_weekly_tenant_task_through_the_broker_backs_up_every_tenant_apart(
+    backup_env: dict[str, str], celeryd: Callable[..., Celeryd], demo_db: DemoDatabase
+) -> None:
+    # a tenant export reads each table as its owner: the connecting role must be able to take it
+    env = {**backup_env, "DATABASE_URL": demo_db.admin_url}
+    runner = celeryd(env)
+    runner.worker("worker-tenants")
+    app = client_app(env)
+    sent = app.tasks[schedule.TENANT_TASK].apply_async()
+    result = sent.get(timeout=180)
+    with psycopg.connect(demo_db.admin_url) as conn:
+        tenants = sorted(str(r[0]) for r in conn.execute("SELECT id FROM tenants"))
+    assert result["ok"] is True and result["failed"] == {}, result
+    assert sorted(result["backups"]) == tenants and len(tenants) == 3
+    ids = set()
+    for tenant, backup_id in result["backups"].items():
+        backup = _store().get_backup(backup_id)
+        assert (backup.backup_type, backup.tenant_id) == ("TENANT_BACKUP", tenant)
+        assert backup.status == "COMPLETED" and backup.backup_job_id == sent.id
+        assert backup.metadata["table_rows"]["public.tenants"] == 1, backup.metadata
+        ids.add(backup_id)
+    assert len(ids) == len(tenants)  # one object each
