@@ -227,12 +227,11 @@ def test_a_base_drill_of_a_good_backup_passes_records_rows_and_rto_and_leaves_no
     assert store.newest_drills(kind="base", limit=1)[0].ok is True
 
 
-def test_a_killed_base_drill_is_cleaned_up_by_the_next(
-    clean: Source, good: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    env = {**os.environ, "STRONGROOM_CATALOG_URL": clean.catalog_url}
-    argv = [sys.executable, "-m", "strongroom", "--config", str(clean.config_file), "drill"]
-    argv += [good, "--strongroom-path", str(clean.launcher)]
+def _drill_until_its_server_runs(source: Source, good: str, sig: int) -> tuple[Any, int]:
+    """A ``strongroom drill`` process, sent ``sig`` once its server's pid is recorded."""
+    env = {**os.environ, "STRONGROOM_CATALOG_URL": source.catalog_url}
+    argv = [sys.executable, "-m", "strongroom", "--config", str(source.config_file), "drill"]
+    argv += [good, "--strongroom-path", str(source.launcher)]
     child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
@@ -243,10 +242,28 @@ def test_a_killed_base_drill_is_cleaned_up_by_the_next(
             if child.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the drill never started its server: {child.stderr.read()!r}")
             time.sleep(0.1)
+        child.send_signal(sig)
+        code = child.wait(timeout=120)
     finally:
         child.kill()
         child.wait()
-    killed = running[0]
+    return running[0], code
+
+
+def test_a_base_drill_stopped_by_sigterm_stops_its_server_and_removes_its_directory(
+    clean: Source, good: str
+) -> None:
+    drill, code = _drill_until_its_server_runs(clean, good, signal.SIGTERM)
+    assert code == ExitCode.TERMINATED
+    record = store.get_drill(drill.pk)
+    assert record.ok is False and "SIGTERM" in record.error
+    assert not Path(drill.target).exists() and not _processes_in(clean.scratch)
+
+
+def test_a_killed_base_drill_is_cleaned_up_by_the_next(
+    clean: Source, good: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    killed, _ = _drill_until_its_server_runs(clean, good, signal.SIGKILL)
     postmaster = int(killed.data["postmaster_pid"])
     assert Path(killed.target).is_dir() and _processes_in(Path(killed.target))
     code, doc = _drill(clean, capsys, good)

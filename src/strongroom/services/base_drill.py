@@ -234,7 +234,7 @@ def remove_leftover(root: Path, data: dict[str, Any], os_user: str) -> str:
         bindir = str(data.get("bindir") or Path(find_binary("pg_ctl")).parent)
         owner = _owner(root / "data") or os_user or "postgres"
         stopped = scratch.ScratchServer(root, bindir, 0, owner).stop()
-        if _live_postmaster(root, data) is not None:
+        if _live_postmaster(root, data) is not None:  # checked again: pid reuse
             scratch.kill(pid)
             stopped = "killed"
     shutil.rmtree(root, ignore_errors=True)

@@ -125,13 +125,14 @@ class ScratchServer:
             )
 
     def postmaster_pid(self) -> int | None:
-        """The pid in ``postmaster.pid`` while that process lives, else None."""
+        """The pid in ``postmaster.pid`` while that postmaster lives, else None."""
         try:
             first = (self.pgdata / PID_FILE).read_text().split("\n", 1)[0].strip()
         except OSError:
             return None
         pid = int(first) if first.isdigit() else 0
-        return pid if pid > 0 and _alive(pid) else None
+        # A stale file's pid may belong to another process by now: only ours counts.
+        return pid if pid > 0 and _alive(pid) and is_postmaster_of(pid, self.pgdata) else None
 
     def wait_pid(self, timeout: float) -> int | None:
         """The postmaster's pid once its pid file is written (None if it exited first)."""
