@@ -44,6 +44,10 @@ GENERAL_SETTINGS = (
     # restore drills (strongroom.services.drill)
     "BACKUP_DRILL_TARGET_URL",
     "BACKUP_DRILL_MAX_AGE_DAYS",
+    "BACKUP_DRILL_SCRATCH_DIR",
+    "BACKUP_DRILL_SERVER_TIMEOUT",
+    "BACKUP_DRILL_OS_USER",
+    "BACKUP_DRILL_AMCHECK_INDEXES",
     "STRONGROOM_CATALOG_URL",
     "STRONGROOM_LOCATIONS",
     "STRONGROOM_REQUIRED_LOCATIONS",
@@ -127,6 +131,8 @@ NUMBERS: dict[str, Number] = {
     "BACKUP_CHECK_TIMEOUT": seconds(high=24 * 3600),
     "BACKUP_DRILL_MAX_AGE_DAYS": Number("a number of days", above=0, high=36600),
     "BACKUP_DRILL_SCHEDULE_HOUR": _HOUR,  # or off
+    "BACKUP_DRILL_SERVER_TIMEOUT": seconds(high=24 * 3600),
+    "BACKUP_DRILL_AMCHECK_INDEXES": whole(0, 100000),
     "BACKUP_DRILL_TASK_PRIORITY": whole(0, 255),  # and at most BACKUP_QUEUE_MAX_PRIORITY
     "BACKUP_BASE_BACKUP_HOUR": _HOUR,  # or off; only with BACKUP_WAL_ARCHIVING on
     "BACKUP_BASE_BACKUP_TIMEOUT": seconds(),
@@ -270,6 +276,14 @@ class Config:
     drill_target_url: str | None = None
     #: ``check`` fails when restorable backups older than this exist and no drill passed within.
     drill_max_age_days: float = 8.0
+    #: Where a base backup drill restores its throwaway data directory (None: the temp dir).
+    drill_scratch_dir: str | None = None
+    #: How long a base drill's server may take to start, replay and be promoted.
+    drill_server_timeout: float = 600.0
+    #: The OS user a base drill's server runs as when strongroom runs as root.
+    drill_os_user: str = "postgres"
+    #: How many of the largest B-tree indexes a base drill checks with amcheck (0: none).
+    drill_amcheck_indexes: int = 10
     lock_timeout: float = 0.0
     tenant_table: str = "tenants"
     tenant_column: str = "tenant_id"
@@ -374,6 +388,10 @@ def load_config(source: Mapping[str, Any]) -> Config:
         webhook_url=_get(source, "BACKUP_NOTIFY_WEBHOOK_URL"),
         drill_target_url=_get(source, "BACKUP_DRILL_TARGET_URL") or None,
         drill_max_age_days=_number(source, "BACKUP_DRILL_MAX_AGE_DAYS", 8.0),
+        drill_scratch_dir=_get(source, "BACKUP_DRILL_SCRATCH_DIR") or None,
+        drill_server_timeout=_number(source, "BACKUP_DRILL_SERVER_TIMEOUT", 600.0),
+        drill_os_user=str(_get(source, "BACKUP_DRILL_OS_USER") or "postgres"),
+        drill_amcheck_indexes=_number(source, "BACKUP_DRILL_AMCHECK_INDEXES", 10),
         tenant_table=str(_get(source, "STRONGROOM_TENANT_TABLE") or "tenants"),
         tenant_column=str(_get(source, "STRONGROOM_TENANT_COLUMN") or "tenant_id"),
         tenant_setting=str(_get(source, "STRONGROOM_TENANT_SETTING") or "app.current_tenant"),

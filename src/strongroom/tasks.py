@@ -253,14 +253,14 @@ def weekly_tenant_backups(self: StrongroomTask) -> dict[str, Any]:
 
 @shared_task(bind=True, base=StrongroomTask, name=DRILL_TASK)
 def weekly_restore_drill(self: StrongroomTask, backup_id: str | None = None) -> dict[str, Any]:
-    """Drill the newest full backup and the newest tenant backup, if any (weekly), or one id.
+    """Drill the newest full, tenant and base backup (the latter two if any; weekly), or one id.
 
     The drill service records each result and notifies about a failed drill itself; a drill
     that cannot start (no full backup to drill, the drill server unreachable) is reported here.
     Not retried: a drill proves the state of things now, and next week's run comes anyway.
     """
     plan: list[tuple[str | None, str | None]] = (
-        [(backup_id, None)] if backup_id else [(None, "full"), (None, "tenant")]
+        [(backup_id, None)] if backup_id else [(None, "full"), (None, "tenant"), (None, "base")]
     )
     with notify.deferred() as outbox:
         config = _config_or_notify(outbox)
@@ -271,14 +271,14 @@ def weekly_restore_drill(self: StrongroomTask, backup_id: str | None = None) -> 
 def _drill_one(
     config: Config, backup_id: str | None, kind: str | None, outbox: notify.Outbox
 ) -> dict[str, Any] | None:
-    """One drill's outcome; None when there is no tenant backup to drill at all."""
+    """One drill's outcome; None when there is no tenant or base backup to drill at all."""
     from strongroom.errors import BackupNotFound, StrongroomError
     from strongroom.services.drill import run_drill
 
     try:
         report = run_drill(config, backup_id, kind=kind)
     except StrongroomError as exc:
-        if isinstance(exc, BackupNotFound) and kind == "tenant":
+        if isinstance(exc, BackupNotFound) and kind in ("tenant", "base"):
             return None
         outbox.add(config, backup_id or "", "DRILL_FAILED", f"restore drill: {exc}")
         outbox.note = "the drill did not run; `strongroom drill --latest` runs one by hand"

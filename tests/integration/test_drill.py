@@ -193,7 +193,10 @@ def test_a_tenant_backup_drills_into_a_new_database_and_base_drills_are_not_supp
     done = cli("drill", "--latest", "--kind", "base")
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr
-    assert errors[0].startswith("strongroom: error: not supported yet: base backup drills")
+    assert errors[0] == (
+        "strongroom: error: no restorable base backup in the catalog: run "
+        "`strongroom base-backup` first"
+    )
 
 
 def test_rows_that_differ_from_the_manifest_fail_the_drill_name_the_table_notify_and_fail_check(

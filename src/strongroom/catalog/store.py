@@ -763,6 +763,16 @@ def finish_drill(
     return drill
 
 
+def note_drill(drill_id: int, data: Mapping[str, Any]) -> None:
+    """Merge facts into a running drill's ``data`` (a base drill's postmaster pid, say), so a
+    drill killed later leaves a record naming what the next drill must stop."""
+    Drill = _drill_model()
+    with transaction.atomic():
+        drill = Drill.objects.select_for_update().get(pk=drill_id)
+        drill.data = {**(drill.data or {}), **dict(data)}
+        drill.save(update_fields=["data"])
+
+
 def get_drill(drill_id: int) -> Drill:
     return _drill_model().objects.get(pk=drill_id)
 

@@ -123,7 +123,8 @@ def _drill_command(sub: Any) -> None:
     """``drill [ID|--latest] [--kind full|tenant|base]``: restore into a throwaway database."""
     dr = sub.add_parser(
         "drill",
-        help="restore a backup into a throwaway database, compare every table, drop it",
+        help="restore a backup into a throwaway database (a base backup: a throwaway server), "
+        "prove every table, remove it",
     )
     _json(dr)
     _which(dr)
@@ -131,6 +132,12 @@ def _drill_command(sub: Any) -> None:
         "--kind",
         choices=("full", "tenant", "base"),
         help="which kind of backup (default: the backup's own; with --latest, full)",
+    )
+    dr.add_argument(
+        "--strongroom-path",
+        metavar="PATH",
+        help="for a base drill: the strongroom executable its restore_command runs, as the "
+        "server's OS user sees it (default: this one)",
     )
 
 

@@ -9,10 +9,16 @@ from strongroom.config import Config
 from strongroom.errors import ExitCode
 from strongroom.interfaces import render
 from strongroom.services import drill as drill_service
+from strongroom.services.pitr import strongroom_command
 
 
 def drill(args: argparse.Namespace, config: Config) -> int:
-    report = drill_service.run_drill(config, None if args.latest else args.id, kind=args.kind)
+    report = drill_service.run_drill(
+        config,
+        None if args.latest else args.id,
+        kind=args.kind,
+        tool=strongroom_command(args.config, args.strongroom_path),
+    )
     doc = store.drill_to_dict(store.get_drill(report.drill_id))
     if args.json:
         render.emit_json(doc)

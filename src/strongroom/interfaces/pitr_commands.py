@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import sys
-from pathlib import Path
 
 from strongroom.catalog import store
-from strongroom.config import CONFIG_FILE_VAR, Config
+from strongroom.config import Config
 from strongroom.core.postgres import recovery
 from strongroom.core.status import BackupStatus
 from strongroom.core.wal import parse_lsn
@@ -99,17 +96,8 @@ def self_command(config_file: str | None, program_path: str | None = None) -> li
     ``-m strongroom``; ``--config`` with the absolute path of the config file in use. Secrets
     stay in that file (readable by the server's OS user), never in ``postgresql.auto.conf``.
     """
-    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if program_path:
-        argv = [str(Path(program_path).expanduser().absolute())]
-    elif program is not None and program.name == "strongroom" and program.exists():
-        argv = [str(program.absolute())]
-    else:
-        argv = [sys.executable, "-m", "strongroom"]
-    path = config_file or os.environ.get(CONFIG_FILE_VAR, "").strip()
-    if path:
-        argv += ["--config", str(Path(path).expanduser().absolute())]
-    else:
+    argv = pitr.strongroom_command(config_file, program_path)
+    if "--config" not in argv:
         render.err.print(
             "strongroom: warning: no config file in use: restore_command will see only the "
             "server's environment; pass --config FILE so wal-fetch finds the key and locations"

@@ -213,14 +213,21 @@ def drill_detail(doc: dict[str, Any]) -> None:
     rto = doc.get("rto_seconds")
     data = doc.get("data") or {}
     out.print(f"  {'kind':<24} {doc['kind']}")
-    out.print(
-        f"  {'target':<24} {doc['target']} (dropped: {'yes' if data.get('dropped') else 'NO'})"
-    )
+    server = doc["kind"] == "base"  # a throwaway server's directory, not a database
+    gone = data.get("removed" if server else "dropped")
+    verb = "removed" if server else "dropped"
+    out.print(f"  {'target':<24} {doc['target']} ({verb}: {'yes' if gone else 'NO'})")
     out.print(f"  {'rto':<24} {f'{rto:.1f} s to a usable database' if rto is not None else '-'}")
     if data.get("source"):
         out.print(f"  {'source':<24} {data['source']}")
     for name in data.get("swept") or []:
-        out.print(f"  {'dropped leftover':<24} {name}")
+        out.print(f"  {verb + ' leftover':<24} {name}")
+    for table, rows in sorted((data.get("rows") or {}).items()):
+        out.print(f"  {'rows ' + table:<40} {rows:>10} read")
+    checked = [i for names in (data.get("amcheck") or {}).values() for i in names or []]
+    if server and data.get("rows") is not None:
+        amcheck = f"{len(checked)} indexes checked" if data.get("amcheck") else "not available"
+        out.print(f"  {'amcheck':<24} {amcheck}")
     for m in doc.get("mismatches") or []:
         found = "no such table" if m["found"] is None else m["found"]
         out.print(f"  DIFF {m['table']:<40} {m['expected']:>10} rows in backup, {found} restored")

@@ -113,7 +113,8 @@ def _prove_tenant(config: Config, backup: Backup, target: postgres.ConnInfo) -> 
 
 
 PROOFS: dict[str, Prove] = {"full": _prove_full, "tenant": _prove_tenant}
-_NOT_YET = {"base": "base backup drills (pitr-restore into a throwaway server)"}
+#: A base backup is drilled into a throwaway server, not a database (``services/base_drill.py``).
+SERVER_KINDS = ("base",)
 
 
 @dataclass
@@ -134,9 +135,24 @@ class DrillReport:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def run_drill(config: Config, backup_id: str | None, *, kind: str | None = None) -> DrillReport:
-    """Drill ``backup_id`` (or the newest restorable backup of ``kind``, default full)."""
+def run_drill(
+    config: Config,
+    backup_id: str | None,
+    *,
+    kind: str | None = None,
+    tool: list[str] | None = None,
+) -> DrillReport:
+    """Drill ``backup_id`` (or the newest restorable backup of ``kind``, default full).
+
+    ``tool`` is the argv that runs this strongroom with the same config file, for a base
+    drill's ``restore_command`` (default: :func:`~strongroom.services.pitr.strongroom_command`).
+    """
     backup, kind = _choose(config, backup_id, kind)
+    if kind in SERVER_KINDS:
+        from strongroom.services.base_drill import run_base_drill
+        from strongroom.services.pitr import strongroom_command
+
+        return run_base_drill(config, backup, tool or strongroom_command(None))
     server = drill_server(config)
     if not postgres.can_create_databases(server):
         raise ConfigError(
@@ -230,9 +246,16 @@ def _choose(config: Config, backup_id: str | None, kind: str | None) -> tuple[Ba
         _supported(kind)
     if backup_id is None:
         wanted = kind or "full"
-        backup = store.latest_backup(
-            database=_configured_database(config), backup_type=store.KIND_TO_TYPE[wanted]
-        )
+        # A base backup's database is its cluster's system identifier: the newest of any.
+        database = None if wanted in SERVER_KINDS else _configured_database(config)
+        try:
+            backup = store.latest_backup(database=database, backup_type=store.KIND_TO_TYPE[wanted])
+        except BackupNotFound:
+            if wanted not in SERVER_KINDS:
+                raise
+            raise BackupNotFound(
+                "no restorable base backup in the catalog: run `strongroom base-backup` first"
+            ) from None
         return backup, wanted
     backup = store.get_backup(backup_id)
     found = TYPE_TO_KIND.get(backup.backup_type, "full")
@@ -253,9 +276,9 @@ def _choose(config: Config, backup_id: str | None, kind: str | None) -> tuple[Ba
 def _supported(kind: str) -> None:
     if kind not in KINDS:
         raise ConfigError(f"unknown drill kind {kind!r}; expected one of {', '.join(KINDS)}")
-    if kind not in PROOFS:
+    if kind not in PROOFS and kind not in SERVER_KINDS:
         raise NotSupportedYet(
-            f"not supported yet: {_NOT_YET.get(kind, kind)}; `strongroom drill --latest` "
+            f"not supported yet: {kind} drills; `strongroom drill --latest` "
             "drills the newest full backup"
         )
 
@@ -339,7 +362,10 @@ class DrillState:
 def drill_state(config: Config, now: datetime | None = None) -> DrillState:
     """The drill rule of ``strongroom check``, for the configured database.
 
-    1. The newest finished drill failed: fail (until a later drill passes).
+    Base backup drills (recorded under their cluster's system identifier) count beside the
+    configured database's: the newest finished drill of each family is looked at.
+
+    1. The newest finished drill (of either family) failed: fail (until a later one passes).
     2. A drill passed within ``BACKUP_DRILL_MAX_AGE_DAYS``: pass.
     3. No restorable full backup is older than that age: pass (nothing was due yet; a fresh
        install is not failed for drills it could not have run).
@@ -349,9 +375,18 @@ def drill_state(config: Config, now: datetime | None = None) -> DrillState:
     database = _configured_database(config)
     days = config.drill_max_age_days
     cutoff = at - timedelta(days=days)
-    finished = store.newest_drills(database, finished=True, limit=1)
-    if finished and not finished[0].ok:
-        d = finished[0]
+    families = (database, None), (None, "base")
+    newest = list(
+        {
+            d.pk: d
+            for db, k in families
+            for d in store.newest_drills(db, kind=k, finished=True, limit=1)
+        }.values()
+    )
+    failed = [d for d in newest if not d.ok]
+    finished = sorted(newest, key=lambda d: (d.started_at, d.pk), reverse=True)[:1]
+    if failed:
+        d = failed[0]
         return DrillState(
             False,
             f"the newest drill ({d.pk}, backup {d.backup_id}, {_ago(at, d.finished_at)}) "

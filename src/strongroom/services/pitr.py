@@ -23,12 +23,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from strongroom.config import Config
+from strongroom.config import CONFIG_FILE_VAR, Config
 from strongroom.core import wal
 from strongroom.core.manifest import MANIFEST_SUFFIX, Manifest
 from strongroom.core.postgres import ConnInfo, basebackup, recovery
@@ -126,6 +127,27 @@ def pitr_restore(
         seconds=time.monotonic() - started,
         skipped=skipped,
     )
+
+
+def strongroom_command(config_file: str | None, program_path: str | None = None) -> list[str]:
+    """The argv that runs this strongroom with the same config file (for ``restore_command``).
+
+    ``program_path`` when given (the path as the server's OS user sees it), else the running
+    ``strongroom`` executable when that is what runs, else this interpreter with
+    ``-m strongroom``; then ``--config`` with the absolute path of the config file in use
+    (``config_file``, else ``$STRONGROOM_CONFIG``), when there is one.
+    """
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if program_path:
+        argv = [str(Path(program_path).expanduser().absolute())]
+    elif program is not None and program.name == "strongroom" and program.exists():
+        argv = [str(program.absolute())]
+    else:
+        argv = [sys.executable, "-m", "strongroom"]
+    path = config_file or os.environ.get(CONFIG_FILE_VAR, "").strip()
+    if path:
+        argv += ["--config", str(Path(path).expanduser().absolute())]
+    return argv
 
 
 def refuse_used(path: Path) -> None:
