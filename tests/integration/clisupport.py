@@ -38,21 +38,23 @@ def require_cli() -> None:
         pytest.fail(f"{CLI} is missing: install the package (pip install -e .)", pytrace=False)
 
 
-def command(env: Mapping[str, str], *, timeout: float = 180) -> Cli:
-    """``run(*args, timeout=..., **overrides)``: the command with ``env`` plus ``overrides``.
+def command(*layers: Mapping[str, str], timeout: float = 180) -> Cli:
+    """``run(*args, timeout=..., **overrides)``: the command with ``layers`` plus ``overrides``.
+
+    The layers are merged at each run, not now: a test may still change a settings dict it
+    passed (a smaller part size, another endpoint) and the next run sees it.
 
     A run that outlives ``timeout`` raises ``TimeoutExpired`` and so fails the test: a hang is
     a defect, never something to wait out.
     """
     require_cli()
-    base = dict(env)
 
     def run(
         *args: str, timeout: float = timeout, **overrides: str
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(CLI), *args],
-            env={**base, **overrides},
+            env={k: v for layer in (*layers, overrides) for k, v in layer.items()},
             capture_output=True,
             text=True,
             timeout=timeout,

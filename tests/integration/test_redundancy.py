@@ -87,7 +87,7 @@ def cli(tmp_path: Path, settings: dict[str, str]) -> Cli:
     base = clean_environ()
     base["HOME"] = str(tmp_path / "home")
 
-    return command({**base, **settings}, timeout=240)
+    return command(base, settings, timeout=240)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from strongroom.config import Config
 from strongroom.core import crypto, postgres
 from strongroom.errors import ConfigError, ExitCode
 from strongroom.interfaces import render
+from strongroom.interfaces.finished import finished_backup
 from strongroom.services import backup as backup_service
 from strongroom.services import health
 from strongroom.services import metrics as metrics_service
@@ -32,17 +33,7 @@ def backup(args: argparse.Namespace, config: Config) -> int:
     show = not (args.json or args.no_progress)
     with render.progress("backup", show) as update:
         report = backup_service.run_full_backup(config, progress=lambda raw, stored: update(raw))
-    doc = store.backup_to_dict(store.get_backup(report.id))
-    if args.json:
-        render.emit_json(doc)
-    else:
-        render.backup_detail(doc)
-    if report.status != "COMPLETED":
-        render.err.print(
-            f"strongroom: error: backup {report.id} is {report.status}: {report.error}"
-        )
-        return ExitCode.BACKUP_INCOMPLETE
-    return ExitCode.OK
+    return finished_backup(report, as_json=args.json)
 
 
 def list_backups(args: argparse.Namespace, config: Config) -> int:

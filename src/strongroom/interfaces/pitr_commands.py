@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from strongroom.catalog import store
 from strongroom.config import Config
 from strongroom.core.postgres import recovery
-from strongroom.core.status import BackupStatus
 from strongroom.core.wal import parse_lsn
 from strongroom.errors import ConfigError, ExitCode
 from strongroom.interfaces import render
+from strongroom.interfaces.finished import finished_backup
 from strongroom.services import base_backup, pitr
 
 
@@ -19,17 +18,7 @@ def base_backup_command(args: argparse.Namespace, config: Config) -> int:
     show = not (args.json or args.no_progress)
     with render.progress("base backup", show) as update:
         report = base_backup.run_base_backup(config, progress=lambda raw, stored: update(raw))
-    doc = store.backup_to_dict(store.get_backup(report.id))
-    if args.json:
-        render.emit_json(doc)
-    else:
-        render.backup_detail(doc)
-    if report.status != BackupStatus.COMPLETED:
-        render.err.print(
-            f"strongroom: error: base backup {report.id} is {report.status}: {report.error}"
-        )
-        return ExitCode.BACKUP_INCOMPLETE
-    return ExitCode.OK
+    return finished_backup(report, as_json=args.json, label="base backup")
 
 
 def pitr_restore(args: argparse.Namespace, config: Config) -> int:

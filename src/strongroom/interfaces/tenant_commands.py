@@ -10,6 +10,7 @@ from strongroom.config import Config
 from strongroom.core.status import BackupStatus
 from strongroom.errors import BackupNotFound, ExitCode
 from strongroom.interfaces import render
+from strongroom.interfaces.finished import finished_backup
 from strongroom.services import tenant_backup, tenant_restore
 
 
@@ -29,17 +30,7 @@ def _backup_one(args: argparse.Namespace, config: Config) -> int:
         report = tenant_backup.run_tenant_backup(
             config, args.tenant_id, progress=lambda raw, stored: update(raw)
         )
-    doc = store.backup_to_dict(store.get_backup(report.id))
-    if args.json:
-        render.emit_json(doc)
-    else:
-        render.backup_detail(doc)
-    if report.status != BackupStatus.COMPLETED:
-        render.err.print(
-            f"strongroom: error: tenant backup {report.id} is {report.status}: {report.error}"
-        )
-        return ExitCode.BACKUP_INCOMPLETE
-    return ExitCode.OK
+    return finished_backup(report, as_json=args.json, label="tenant backup")
 
 
 def _backup_all(args: argparse.Namespace, config: Config) -> int:
