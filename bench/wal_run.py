@@ -41,6 +41,7 @@ import pwd
 import re
 import shlex
 import shutil
+import site
 import statistics
 import subprocess
 import sys
@@ -59,7 +60,7 @@ from psycopg import sql
 from procmon import Measured, measure, tree_cpu
 from run import NOTES_MARKER, ROOT, _terminate_cleanly, log, machine
 from strongroom.core import crypto
-from strongroom.sandbox.launcher import write_launcher
+from strongroom.sandbox.launcher import interpreter, write_launcher
 from strongroom.sandbox.pgcluster import SUPERUSER, PgCluster, archive_settings
 from strongroom.sandbox.ports import free_port
 from strongroom.sandbox.seaweed import SeaweedServer
@@ -491,10 +492,18 @@ def reference_launcher(work: Path, rev: str) -> None:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True,
                              capture_output=True).stdout  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-    launcher = write_launcher(work / "strongroom-ref").read_text()
-    path = shlex.quote(str(src / "src"))
-    launcher = launcher.replace("from strongroom", f"sys.path.insert(0, {path}); from strongroom")
-    (work / "strongroom-ref").write_text(launcher)
+    sites = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    program = (
+        "import site, sys\n"
+        f"for p in {sites!r}: site.addsitedir(p)\n"
+        f"sys.path.insert(0, {str(src / 'src')!r})\n"  # ahead of the editable install's path
+        "from strongroom.interfaces.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    command = f"exec {shlex.quote(interpreter())} -E -s -c {shlex.quote(program)}"
+    path = work / "strongroom-ref"
+    path.write_text(f'#!/bin/sh\n{command} "$@"\n')
+    os.chmod(path, 0o755)
 
 
 def install_barman(work: Path) -> tuple[Path, str]:
