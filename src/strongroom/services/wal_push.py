@@ -35,6 +35,7 @@ from pathlib import Path
 from strongroom.config import Config
 from strongroom.core import deadline, wal
 from strongroom.core.manifest import Manifest
+from strongroom.core.pipeline import StreamResult
 from strongroom.core.storage.base import Location
 from strongroom.core.wal_spool import Spool
 from strongroom.errors import (
@@ -121,6 +122,17 @@ def _archive_order(marker: Path) -> tuple[int, str]:
     return (0 if marker.name.endswith(".history.ready") else 1, marker.name)
 
 
+@dataclass(frozen=True)
+class _Sealed:
+    """One file compressed and encrypted, with what its manifest records."""
+
+    data: bytes
+    stream: StreamResult
+    sha: str
+    segment_size: int | None
+    started: datetime
+
+
 class _Pusher:
     """Pushing files of one cluster; safe to use from several threads at once."""
 
@@ -143,9 +155,15 @@ class _Pusher:
             return Pushed(name, from_spool=True, seconds=time.monotonic() - started)
         keys = walstore.keys_for(self.rt, self.scope, name)
         result = Pushed(name)
-        todo = self._todo(keys, sha, result)
-        if todo:
-            self._store(keys, data, sha, segment_size, todo, result)
+        began = datetime.now(UTC)
+        # sealing (zstd, encryption) overlaps the look-ups; on a conflict its output is dropped
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="strongroom-wal-seal") as one:
+            sealing = one.submit(walstore.seal, self.rt, data)
+            todo = self._todo(keys, sha, result)
+            if todo:
+                self._store(
+                    keys, _Sealed(*sealing.result(), sha, segment_size, began), todo, result
+                )
         if not any(how in (OK, ALREADY) for how in result.locations.values()):
             raise StorageError(
                 f"{name} could not be archived in any location: "
@@ -220,28 +238,20 @@ class _Pusher:
     # -- writing -----------------------------------------------------------------------------
 
     def _store(
-        self,
-        keys: walstore.WalKeys,
-        data: bytes,
-        sha: str,
-        segment_size: int | None,
-        todo: list[Location],
-        result: Pushed,
+        self, keys: walstore.WalKeys, sealed: _Sealed, todo: list[Location], result: Pushed
     ) -> None:
-        started = datetime.now(UTC)
-        sealed, stream = walstore.seal(self.rt, data)
         manifest = walstore.wal_manifest(
             self.rt,
             keys,
-            stream,
+            sealed.stream,
             scope=self.scope,
-            plaintext_sha256=sha,
-            segment_size=segment_size,
-            started_at=started,
+            plaintext_sha256=sealed.sha,
+            segment_size=sealed.segment_size,
+            started_at=sealed.started,
         )
         document = manifest.to_document(self.rt.keyring)
         done = self._everywhere(
-            {loc.name: partial(_put, loc, keys, sealed, document) for loc in todo}, todo
+            {loc.name: partial(_put, loc, keys, sealed.data, document) for loc in todo}, todo
         )
         for loc in todo:
             outcome = done[loc.name]

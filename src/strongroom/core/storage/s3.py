@@ -495,13 +495,15 @@ class S3Location(Location):
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        return boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.__key,
-            aws_secret_access_key=self.__secret,
-            config=config,
-        )
+        with _SESSION_LOCK:  # building clients from one session is not thread-safe
+            client = _shared_session(boto3).client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                aws_access_key_id=self.__key,
+                aws_secret_access_key=self.__secret,
+                config=config,
+            )
+        return cast("S3Client", client)
 
     def full_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -806,3 +808,17 @@ B2 = register_location(
         derive=_b2_endpoint,
     )
 )
+
+
+#: One boto3 session per process: every client built from it shares botocore's loaded service
+#: model, so a second location's client costs a fraction of the first (``wal-push`` builds two
+#: per call). Credentials are always passed per client, never taken from the session.
+_SESSION_LOCK = threading.Lock()
+_SESSIONS: list[Any] = []
+
+
+def _shared_session(boto3: Any) -> Any:
+    """The process's boto3 session (called with ``_SESSION_LOCK`` held)."""
+    if not _SESSIONS:
+        _SESSIONS.append(boto3.session.Session())
+    return _SESSIONS[0]
