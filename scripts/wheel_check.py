@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -27,12 +29,12 @@ class CheckFailed(Exception):
     """One step of the check did not do what an operator expects."""
 
 
-def run(cli: Path, work: Path, env: dict[str, str], *args: str) -> str:
+def run(cli: Path, work: Path, env: dict[str, str], *args: str, expect: int = 0) -> str:
     """Run ``strongroom ARGS`` from ``work``; its stdout, or ``CheckFailed`` with its stderr."""
     done = subprocess.run(
         [str(cli), *args], cwd=work, env=env, capture_output=True, text=True, timeout=300
     )
-    if done.returncode != 0:
+    if done.returncode != expect:
         raise CheckFailed(f"strongroom {args[0]} exited {done.returncode}:\n{done.stderr.strip()}")
     print(f"wheel-check: strongroom {' '.join(args)}: ok", file=sys.stderr)
     return done.stdout
@@ -48,7 +50,8 @@ def base_env(work: Path) -> dict[str, str]:
 
 
 def exercise(cli: Path, work: Path, cluster: PgCluster) -> None:
-    """keygen, check, backup, metrics, verify, restore; the restored tables equal the source's."""
+    """keygen, check, backup, metrics, verify, restore, a tenant's backup and restore, a drill,
+    wal-fetch; the restored tables equal the source's."""
     env = base_env(work)
     key = run(cli, work, env, "keygen").strip()
     if len(key) < 40:
@@ -78,6 +81,31 @@ def exercise(cli: Path, work: Path, cluster: PgCluster) -> None:
     run(cli, work, env, "restore", "--latest", "--target", target, "--no-progress")
     if table_digests(target) != table_digests(shop.admin_url):
         raise CheckFailed("the restored database differs from the source")
+    exercise_tenant(cli, work, env, cluster, shop.admin_url)
+    drilled = json.loads(run(cli, work, env, "drill", "--latest", "--json"))
+    if drilled.get("ok") is not True:
+        raise CheckFailed(f"the drill of the latest backup did not pass: {drilled}")
+    # WAL: nothing is archived, so every location answers "not found": exit 1, as PostgreSQL wants
+    wal_env = {**env, "STRONGROOM_PGDATA": str(cluster.data_dir)}
+    run(cli, work, wal_env, "wal-fetch", "000000010000000000000001", str(work / "seg"), expect=1)
+
+
+def exercise_tenant(
+    cli: Path, work: Path, env: dict[str, str], cluster: PgCluster, source: str
+) -> None:
+    """One tenant backed up, then exported into a new database that holds that tenant only."""
+    with psycopg.connect(source) as conn:
+        row = conn.execute("SELECT id::text FROM tenants ORDER BY id LIMIT 1").fetchone()
+    assert row is not None
+    tenant = str(row[0])
+    run(cli, work, env, "tenant", "backup", tenant, "--json", "--no-progress")
+    target = cluster.url("wheel_tenant")
+    args = ("tenant", "restore", "--latest", "--tenant", tenant, "--target", target, "--json")
+    restored = json.loads(run(cli, work, env, *args, "--no-progress"))
+    with psycopg.connect(target) as conn:
+        found = [str(r[0]) for r in conn.execute("SELECT id FROM tenants")]
+    if restored.get("status") != "RESTORED" or found != [tenant]:
+        raise CheckFailed(f"the tenant export holds {found}, not [{tenant!r}]: {restored}")
 
 
 def main(argv: list[str]) -> int:
@@ -89,7 +117,11 @@ def main(argv: list[str]) -> int:
     except CheckFailed as exc:
         print(f"wheel-check: FAILED: {exc}", file=sys.stderr)
         return 1
-    print("wheel-check: the installed wheel backs up, verifies and restores", file=sys.stderr)
+    print(
+        "wheel-check: the installed wheel backs up, verifies, restores, restores a tenant, "
+        "drills and fetches WAL",
+        file=sys.stderr,
+    )
     return 0
 
 
