@@ -324,6 +324,23 @@ def test_a_signalled_or_killed_restore_leaves_no_pg_restore_and_no_scratch(
                 assert list(scratch.iterdir()) == []  # the decrypted archive is gone
             else:
                 assert code == -signal.SIGKILL
+                (left,) = scratch.iterdir()  # what a killed process cannot remove itself
             assert gone(name), processes_naming(name)
         finally:
             pg_cluster.drop_database(name)
+    # the next restore on this host removes the killed one's scratch (its owner has ended)
+    name = f"restored_{uuid.uuid4().hex[:10]}"
+    try:
+        done = cli(
+            "restore",
+            "--latest",
+            "--no-progress",
+            "--target",
+            pg_cluster.url(name),
+            STRONGROOM_LOCATIONS="local",
+            BACKUP_RESTORE_SCRATCH_DIR=str(scratch),
+        )
+        assert done.returncode == 0, done.stderr
+        assert not left.exists() and list(scratch.iterdir()) == []
+    finally:
+        pg_cluster.drop_database(name)

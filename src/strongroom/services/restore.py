@@ -33,7 +33,7 @@ from pathlib import Path
 import psycopg
 
 from strongroom.config import Config
-from strongroom.core import postgres
+from strongroom.core import postgres, scratchdir
 from strongroom.core.manifest import Manifest
 from strongroom.core.readback import read_copy
 from strongroom.errors import (
@@ -232,9 +232,13 @@ def _replace(
 
 
 def make_scratch(parent: str | None) -> Path:
-    """A private (0700) directory for the archive; a bad parent is one clear line."""
+    """A private (0700) directory for the archive; a bad parent is one clear line.
+
+    Directories a killed restore left under the same parent are removed first (only those whose
+    owner, on this host, has ended: :mod:`strongroom.core.scratchdir`).
+    """
     try:
-        return Path(tempfile.mkdtemp(prefix="strongroom-restore-", dir=parent))
+        return scratchdir.create(parent)
     except OSError as exc:
         raise RestoreError(
             f"cannot create a scratch directory in {parent or tempfile.gettempdir()}: "
