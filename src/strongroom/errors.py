@@ -250,9 +250,27 @@ class Interrupted(BaseException):
         self.name = _signal_name(signum)
         super().__init__(f"interrupted by {self.name}")
 
+    @staticmethod
+    def raised(exc: Interrupted | None) -> None:
+        """Note that ``exc`` is being raised in this process (None: the handling is over)."""
+        _RAISED[:] = [exc] if exc is not None else []
+
+    @staticmethod
+    def pending() -> Interrupted | None:
+        """The interrupt raised in this process, if any.
+
+        For code that calls a native library which calls back into Python (Tink's C++ streams):
+        an interrupt raised inside the callback comes back wrapped in the library's own error,
+        and must be raised as itself, so the run ends as interrupted, not as a crypto failure.
+        """
+        return _RAISED[0] if _RAISED else None
+
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+_RAISED: list[Interrupted] = []
 
 
 def _signal_name(signum: int) -> str:

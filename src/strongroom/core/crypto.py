@@ -50,7 +50,13 @@ from tink import cleartext_keyset_handle, streaming_aead
 from tink.proto import aes_gcm_hkdf_streaming_pb2, common_pb2, tink_pb2
 
 from strongroom.core.streams import Reader, Writer
-from strongroom.errors import IntegrityError, KeyConfigError, StrongroomError, WrongKeyError
+from strongroom.errors import (
+    IntegrityError,
+    Interrupted,
+    KeyConfigError,
+    StrongroomError,
+    WrongKeyError,
+)
 
 CIPHER_NAME = "AES256_GCM_HKDF_1MB"
 KEY_SIZE = 32
@@ -362,7 +368,13 @@ class EncryptingWriter:
             self._sink.active = False
 
     def _failure(self, exc: tink.TinkError) -> BaseException:
-        """Surface the downstream's own error (e.g. a StorageError) rather than Tink's wrap."""
+        """Surface the downstream's own error (e.g. a StorageError) rather than Tink's wrap.
+
+        So too a signal's ``Interrupted``, raised while Tink's C++ was calling back into Python.
+        """
+        interrupted = Interrupted.pending()
+        if interrupted is not None:
+            return interrupted
         if self._sink.error is not None:
             return self._sink.error
         return StrongroomError(f"encryption failed: {exc}")
@@ -398,7 +410,13 @@ class DecryptingReader:
         self._source.close()
 
     def _failure(self) -> BaseException:
-        """The source's own error (e.g. a StorageError) if it had one, else tampering."""
+        """The source's own error (e.g. a StorageError) if it had one, else tampering.
+
+        A signal's ``Interrupted`` raised inside Tink's callback is itself, never "tampered".
+        """
+        interrupted = Interrupted.pending()
+        if interrupted is not None:
+            return interrupted
         if self._source.error is not None:
             return self._source.error
         where = (

@@ -32,6 +32,8 @@ CHUNK_SIZE = 1 << 20
 QUEUE_CHUNKS = 8
 #: Seconds a location may accept nothing before it is dropped (``BACKUP_LOCATION_TIMEOUT``).
 STALL_TIMEOUT = 60.0
+#: Seconds a failed or interrupted stream waits for each location to return from its write.
+STOP_WAIT = 5.0
 _END = b""
 
 Progress = Callable[[int, int], None]
@@ -159,6 +161,23 @@ class FanOut:
             if feeder.outcome.bytes_written == before:
                 feeder.drop(self.stall_timeout)
 
+    def stop(self) -> None:
+        """The stream failed or was interrupted: every feeder ends after the write it is in.
+
+        Queued chunks are thrown away (the uploads are aborted next) and each feeder gets
+        ``STOP_WAIT`` seconds to return from its current write, so an interrupted run's
+        cleanup never waits a whole ``stall_timeout`` on a location.
+        """
+        for feeder in self.feeders:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    feeder.queue.get_nowait()
+            with contextlib.suppress(queue.Full):
+                feeder.queue.put_nowait(_END)
+        deadline = time.monotonic() + STOP_WAIT
+        for feeder in self.feeders:
+            feeder.join(max(0.0, deadline - time.monotonic()))
+
     def lost(self, required: frozenset[str]) -> bool:
         """Every location failed, or one of ``required`` did."""
         failed = {f.outcome.name for f in self.feeders if f.outcome.error is not None}
@@ -211,8 +230,10 @@ def stream_to_locations(
                 progress(raw, fanout.size)
             if fanout.lost(stop_on_failure_of):
                 break  # the object cannot be stored: stop reading, the caller reports why
-    finally:
-        compressor.close()  # flushes codec -> cipher -> fanout, and joins the feeders
+    except BaseException:
+        fanout.stop()  # the caller aborts every upload: no frame to finish, nothing to drain
+        raise
+    compressor.close()  # flushes codec -> cipher -> fanout, and joins the feeders
     return StreamResult(
         raw_size=raw,
         compressed_size=int(getattr(compressor, "bytes_out", 0)),

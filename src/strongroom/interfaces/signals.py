@@ -34,7 +34,9 @@ def signals_interrupt() -> Iterator[None]:
         if raised.is_set():
             return
         raised.set()
-        raise Interrupted(signum)
+        exc = Interrupted(signum)
+        Interrupted.raised(exc)
+        raise exc
 
     saved: dict[int, Any] = {sig: signal.signal(sig, handler) for sig in SIGNALS}
     try:
@@ -42,3 +44,4 @@ def signals_interrupt() -> Iterator[None]:
     finally:
         for sig, previous in saved.items():
             signal.signal(sig, previous)
+        Interrupted.raised(None)
