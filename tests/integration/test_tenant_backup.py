@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from clisupport import Cli, clean_environ, command, ok_json
+from dbsupport import owned_database
 from psycopg import sql
 
 from strongroom.config import load_config
@@ -319,19 +320,7 @@ CREATE POLICY own ON events USING (acct = current_setting('app.acct', true));
 def test_own_schema_with_every_awkward_type_round_trips(
     cli: Cli, env: dict[str, str], pg_cluster: PgCluster
 ) -> None:
-    name, owner = f"own_{uuid.uuid4().hex[:8]}", f"own_{uuid.uuid4().hex[:8]}"
-    with pg_cluster.connect() as admin:
-        admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(owner)))
-        admin.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(name), sql.Identifier(owner)
-            )
-        )
-    try:
-        with pg_cluster.connect(name) as conn:
-            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
-            conn.execute(_OWN_SCHEMA)
-        url = pg_cluster.url(name)
+    with owned_database(pg_cluster, _OWN_SCHEMA) as (url, _owner):
         settings = {
             "DATABASE_URL": url,
             "STRONGROOM_TENANT_TABLE": "accounts",
@@ -355,10 +344,6 @@ def test_own_schema_with_every_awkward_type_round_trips(
             source = _source_rows(url, table, "a")
             assert loaded[table["name"]] == source and source
         assert any(len(r) > 600_000 for r in loaded["public.events"])  # the TOASTed value
-    finally:
-        pg_cluster.drop_database(name)
-        with pg_cluster.connect() as admin:
-            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owner)))
 
 
 def test_catalog_rebuild_brings_a_tenant_backup_back(

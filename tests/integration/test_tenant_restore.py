@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from clisupport import CLI, Cli, clean_environ, command, ok_json
+from dbsupport import owned_database
 from psycopg import sql
 
 from strongroom.core.crypto import generate_key
@@ -375,23 +376,8 @@ OWN_SETTINGS = {
 @pytest.fixture
 def own_db(pg_cluster: PgCluster) -> Iterator[tuple[str, str]]:
     """A database of the schema above, owned by a role of its own: (URL, owner)."""
-    name, owner = f"own_{uuid.uuid4().hex[:8]}", f"own_{uuid.uuid4().hex[:8]}"
-    with pg_cluster.connect() as admin:
-        admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(owner)))
-        admin.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(name), sql.Identifier(owner)
-            )
-        )
-    try:
-        with pg_cluster.connect(name) as conn:
-            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
-            conn.execute(_OWN_SCHEMA)
-        yield pg_cluster.url(name), owner
-    finally:
-        pg_cluster.drop_database(name)
-        with pg_cluster.connect() as admin:
-            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owner)))
+    with owned_database(pg_cluster, _OWN_SCHEMA) as made:
+        yield made
 
 
 def _sequences(url: str) -> dict[str, int | None]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from dbsupport import owned_database
 from psycopg import sql
 
 from strongroom.core.postgres import ConnInfo, start_dump
@@ -90,23 +91,8 @@ def shop_dump(demo_db: DemoDatabase, tmp_path: Path) -> Path:
 @pytest.fixture
 def own_db(pg_cluster: PgCluster) -> Iterator[str]:
     """A database of the second schema, owned by a non-superuser role; its superuser URL."""
-    name, owner = f"own_{uuid.uuid4().hex[:8]}", f"own_{uuid.uuid4().hex[:8]}"
-    with pg_cluster.connect() as admin:
-        admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(owner)))
-        admin.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(name), sql.Identifier(owner)
-            )
-        )
-    try:
-        with pg_cluster.connect(name) as conn:
-            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
-            conn.execute(OWN_SCHEMA)
-        yield pg_cluster.url(name)
-    finally:
-        pg_cluster.drop_database(name)
-        with pg_cluster.connect() as admin:
-            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owner)))
+    with owned_database(pg_cluster, OWN_SCHEMA) as (url, _owner):
+        yield url
 
 
 @pytest.fixture
