@@ -47,9 +47,23 @@ def interpreter() -> str:
     )
 
 
+def _open_the_way(path: Path) -> None:
+    """Let other OS users traverse (not list) our own closed directories above ``path``.
+
+    A checkout in a private temporary directory (``mktemp -d`` is 0700) would leave the
+    server's OS user unable to import strongroom, and every archive_command would fail.
+    """
+    for directory in (path.resolve(), *path.resolve().parents):
+        info = directory.stat()
+        if info.st_uid == os.getuid() and not info.st_mode & stat.S_IXOTH:
+            os.chmod(directory, stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
+
+
 def write_launcher(path: Path) -> Path:
     """Write an executable ``strongroom`` at ``path`` that any OS user can run."""
     sites = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    for place in (*sites, str(Path(__file__).resolve().parents[1])):
+        _open_the_way(Path(place))
     program = (
         "import site, sys\n"
         f"for p in {sites!r}: site.addsitedir(p)\n"
