@@ -9,6 +9,7 @@ absent or partial, and each write replaces the file (a new inode), leaving no te
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -203,7 +204,9 @@ def test_the_textfile_is_replaced_atomically_and_never_seen_partial(
     assert value(m, "strongroom_location_up", location="r2") == 1
 
     registry = metrics.collect(load_config(settings), probe=False)
-    first_inode = path.stat().st_ino
+    # Held open so its inode cannot be reused by the next file: once the
+    # textfile is replaced atomically, this one has no name left.
+    first = path.open("rb")
     stop = threading.Event()
     writes = 0
 
@@ -235,7 +238,9 @@ def test_the_textfile_is_replaced_atomically_and_never_seen_partial(
         writer.join(10)
     assert writes > 20 and reads > 20, (writes, reads)
     assert bad == []
-    assert path.stat().st_ino != first_inode
+    with first:
+        assert os.fstat(first.fileno()).st_nlink == 0
+        assert not os.path.samestat(os.fstat(first.fileno()), path.stat())
     assert sorted(p.name for p in folder.iterdir()) == ["strongroom.prom"]  # no temporary left
 
 
