@@ -27,6 +27,7 @@ from strongroom.core.crypto import (
     TAG_SIZE,
     TINK_HEADER_SIZE,
     Keyring,
+    hkdf_sha256,
     parse_key,
     read_key_id,
 )
@@ -468,6 +469,17 @@ def test_sign_and_verify() -> None:
 def test_old_key_verifies_old_signatures() -> None:
     key_id, mac = RING_A.sign(b"payload")
     RING_BA.verify(b"payload", key_id, mac)
+
+
+def test_manifest_subkey_is_rfc5869_hkdf_sha256() -> None:
+    """Manifests signed before the standard-library HKDF still verify: the same subkey."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    raw = parse_key(KEY_A)
+    info = b"strongroom manifest v1"
+    expected = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(raw)
+    assert hkdf_sha256(raw, info) == expected
 
 
 def test_mac_key_is_not_the_raw_key() -> None:

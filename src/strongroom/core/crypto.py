@@ -44,8 +44,6 @@ from functools import cache
 from typing import Any
 
 import tink
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from tink import cleartext_keyset_handle, streaming_aead
 from tink.proto import aes_gcm_hkdf_streaming_pb2, common_pb2, tink_pb2
 
@@ -167,14 +165,24 @@ def _streaming_primitive(key: bytes) -> streaming_aead.StreamingAead:
     return handle.primitive(streaming_aead.StreamingAead)
 
 
+def hkdf_sha256(key: bytes, info: bytes) -> bytes:
+    """RFC 5869 HKDF-SHA256 with no salt, 32 bytes out: one HMAC to extract, one to expand.
+
+    The same bytes as ``cryptography``'s ``HKDF(SHA256(), 32, None, info)`` (a unit test holds
+    them equal), from the standard library: that package's 8 MB would be loaded by every
+    backup process for this one derivation.
+    """
+    prk = hmac.new(bytes(hashlib.sha256().digest_size), key, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+
 class _Key:
     """One raw key with what is derived from it (the Tink primitive is built on first use)."""
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
         self.id = key_id_of(raw)
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_MANIFEST_INFO)
-        self.mac_key = hkdf.derive(raw)
+        self.mac_key = hkdf_sha256(raw, _MANIFEST_INFO)
         self._primitive: streaming_aead.StreamingAead | None = None
 
     def __repr__(self) -> str:
