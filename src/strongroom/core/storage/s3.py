@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -24,17 +25,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
-
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    ReadTimeoutError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from strongroom.core import deadline
 from strongroom.core.storage.base import (
@@ -62,6 +54,7 @@ from strongroom.errors import (
 from strongroom.numbers import seconds, whole
 
 if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
@@ -72,7 +65,9 @@ T = TypeVar("T")
 MiB = 1 << 20
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * 1024 * MiB
-DEFAULT_PART_SIZE = 16 * MiB
+#: Each S3 location holds one part in memory: 8 MiB keeps three locations' backup small, and
+#: with the growth below 10,000 parts still hold about 0.5 TiB.
+DEFAULT_PART_SIZE = 8 * MiB
 MAX_PARTS = 10_000
 #: Parts kept at the configured size before the size starts doubling every 1,000 parts.
 _STEADY_PARTS = 5_000
@@ -123,6 +118,20 @@ _RETRY_CODES = {
 }
 
 
+@functools.cache
+def _bc() -> ModuleType:
+    """``botocore.exceptions``, imported when first needed: a process whose locations are all
+    local never loads botocore (only a client, built on first use, can raise these)."""
+    import botocore.exceptions
+
+    return botocore.exceptions
+
+
+def _errors(*more: type[BaseException]) -> tuple[type[BaseException], ...]:
+    """What an S3 call can raise: botocore's errors and OSError (and ``more``)."""
+    return (_bc().BotoCoreError, _bc().ClientError, OSError, *more)
+
+
 def r2_endpoint(account_id: str) -> str:
     """Cloudflare R2's S3 endpoint for an account."""
     return f"https://{account_id}.r2.cloudflarestorage.com"
@@ -137,8 +146,8 @@ def part_size_for(part_number: int, base: int) -> int:
     """Size of part ``part_number`` (1-based) when the total size is unknown in advance.
 
     ``base`` for the first 5,000 parts, then doubling every 1,000 parts (capped at 5 GiB), so
-    10,000 parts hold 67,000 x ``base`` (about 1 TiB at 16 MiB) while small and medium dumps keep
-    memory at one ``base`` part.
+    10,000 parts hold 67,000 x ``base`` (about 0.5 TiB at 8 MiB) while small and medium dumps
+    keep memory at one ``base`` part.
     """
     if part_number > MAX_PARTS:
         raise ValueError(f"S3 allows at most {MAX_PARTS} parts")
@@ -165,18 +174,18 @@ def _worth_retrying(exc: BaseException) -> bool:
     reset mid-part; it does not with refused connections or timeouts, where each round would
     only stall every location fed by the same dump.
     """
-    if isinstance(exc, ClientError):
+    if isinstance(exc, _bc().ClientError):
         status = _status(exc)
         return _code(exc) in _RETRY_CODES or status >= 500 or status == 429
-    if isinstance(exc, BotoConnectionError | ReadTimeoutError | NoCredentialsError):
+    if isinstance(exc, _bc().ConnectionError | _bc().ReadTimeoutError | _bc().NoCredentialsError):
         return False
-    return isinstance(exc, BotoCoreError | OSError)
+    return isinstance(exc, _bc().BotoCoreError | OSError)
 
 
 def _unreachable_reason(exc: BaseException) -> str:
-    if isinstance(exc, ConnectTimeoutError):
+    if isinstance(exc, _bc().ConnectTimeoutError):
         return "connection timed out"
-    if isinstance(exc, ReadTimeoutError):
+    if isinstance(exc, _bc().ReadTimeoutError):
         return "no answer in time (read timeout)"
     cause = str(getattr(exc, "kwargs", {}).get("error", "")) or str(exc)
     lowered = cause.lower()
@@ -184,7 +193,7 @@ def _unreachable_reason(exc: BaseException) -> str:
         return "connection refused"
     if "name or service not known" in lowered or "nodename" in lowered:
         return "host name does not resolve"
-    if isinstance(exc, EndpointConnectionError):
+    if isinstance(exc, _bc().EndpointConnectionError):
         return "connection failed"
     return type(exc).__name__
 
@@ -202,7 +211,10 @@ class _S3Writer(ObjectWriter):
         self._loc = location
         self._key = key
         self._full = location.full_key(key)
+        #: The part being filled: grown for the first part, then refilled in place, so a
+        #: writer holds one part's bytes whatever the object's size (no per-part allocation).
         self._buf = bytearray()
+        self._fill = 0
         self._parts: list[CompletedPartTypeDef] = []
         self._upload_id: str | None = None
         self._size = 0
@@ -227,10 +239,17 @@ class _S3Writer(ObjectWriter):
         view = memoryview(data)
         try:
             while view:
-                room = self._next_size() - len(self._buf)
-                self._buf += view[:room]
-                view = view[room:]
-                if len(view) or len(self._buf) >= self._next_size():
+                size = self._next_size()
+                piece = view[: size - self._fill]
+                view = view[len(piece) :]
+                end = self._fill + len(piece)
+                if end <= len(self._buf):
+                    self._buf[self._fill : end] = piece  # refilling the part buffer in place
+                else:
+                    del self._buf[self._fill :]
+                    self._buf += piece
+                self._fill = end
+                if self._fill >= size:
                     self._send_part()
         except BaseException:
             self._discard()
@@ -240,7 +259,7 @@ class _S3Writer(ObjectWriter):
 
     def _send_part(self) -> None:
         self._next_size()  # refuses part 10,001
-        body, self._buf = self._buf, bytearray()
+        body = self._body()
         number = len(self._parts) + 1
         s3 = self._loc.client()
         if self._upload_id is None:
@@ -258,13 +277,20 @@ class _S3Writer(ObjectWriter):
                 Key=self._full,
                 UploadId=upload_id,
                 PartNumber=number,
-                # botocore sends a bytearray as is (and re-sends it on retry): no 16 MiB copy.
+                # sent as is (and re-sent on retry), no copy; refilled only once this returns
                 Body=cast("bytes", body),
                 ContentMD5=_content_md5(body),
             ),
             self._key,
         )
         self._parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+        self._fill = 0  # the part is stored: its buffer takes the next one
+
+    def _body(self) -> bytearray:
+        """The filled bytes, as the buffer itself (botocore sends a bytearray as is)."""
+        if self._fill < len(self._buf):
+            del self._buf[self._fill :]  # the last, short part: truncated in place, not copied
+        return self._buf
 
     def commit(self) -> None:
         if self._state == "committed":
@@ -277,22 +303,25 @@ class _S3Writer(ObjectWriter):
             if self._upload_id is None:
                 self._put_whole()
             else:
-                if self._buf:
+                if self._fill:
                     self._send_part()
                 self._complete()
         except BaseException:
             self._discard()
             raise
         self._state = "committed"
-        self._buf = bytearray()
+        self._buf, self._fill = bytearray(), 0
 
     def _put_whole(self) -> None:
         s3 = self._loc.client()
-        body = bytes(self._buf)
+        body = self._body()
         self._loc.call(
             "upload",
             lambda: s3.put_object(
-                Bucket=self._loc.bucket, Key=self._full, Body=body, ContentMD5=_content_md5(body)
+                Bucket=self._loc.bucket,
+                Key=self._full,
+                Body=cast("bytes", body),
+                ContentMD5=_content_md5(body),
             ),
             self._key,
         )
@@ -310,7 +339,7 @@ class _S3Writer(ObjectWriter):
                     UploadId=upload_id,
                     MultipartUpload={"Parts": self._parts},
                 )
-            except ClientError as exc:
+            except _bc().ClientError as exc:
                 # A retried complete whose first attempt succeeded answers NoSuchUpload.
                 if _code(exc) != "NoSuchUpload" or not self._landed():
                     raise
@@ -332,7 +361,7 @@ class _S3Writer(ObjectWriter):
 
     def _discard(self) -> None:
         self._state = "aborted"
-        self._buf = bytearray()
+        self._buf, self._fill = bytearray(), 0
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is not None:
             self._loc.abort_upload(self._full, upload_id)
@@ -354,7 +383,7 @@ class _S3Reader:
         for attempt in range(self._retries + 1):
             try:
                 data: bytes = self._body.read(None if size is None or size < 0 else size)
-            except (BotoCoreError, OSError) as exc:
+            except (_bc().BotoCoreError, OSError) as exc:
                 if attempt == self._retries:
                     self._loc.fail(exc, "read", self._key)
                 log.warning("%s: reading %s broke (%s); resuming", self._loc.name, self._key, exc)
@@ -526,12 +555,12 @@ class S3Location(Location):
         name = self.name
         if isinstance(exc, StrongroomError):
             return exc
-        if isinstance(exc, BotoConnectionError | ReadTimeoutError):
+        if isinstance(exc, _bc().ConnectionError | _bc().ReadTimeoutError):
             reason = _unreachable_reason(exc)
             return LocationUnavailable(f"{name}: cannot reach {self._where}: {reason}", name)
-        if isinstance(exc, NoCredentialsError):
+        if isinstance(exc, _bc().NoCredentialsError):
             return self._refused("no credentials configured")
-        if isinstance(exc, ClientError):
+        if isinstance(exc, _bc().ClientError):
             code = _code(exc)
             if code in _CREDENTIAL_CODES:
                 return self._refused(code)
@@ -580,7 +609,7 @@ class S3Location(Location):
         for attempt in range(self.part_retries + 1):
             try:
                 return self.within(what, op, until)
-            except (BotoCoreError, ClientError, OSError) as exc:
+            except _errors() as exc:
                 late = time.monotonic() + delay > until
                 if attempt == self.part_retries or late or not _worth_retrying(exc):
                     self.fail(exc, what, key)
@@ -636,12 +665,12 @@ class S3Location(Location):
         except LocationUnavailable as exc:
             log.warning("%s: abort of %s failed: %s", self.name, full_key, exc)
             return False
-        except ClientError as exc:
+        except _bc().ClientError as exc:
             if _code(exc) == "NoSuchUpload":
                 return False
             log.warning("%s: abort of %s failed: %s", self.name, full_key, self.translate(exc, ""))
             return False
-        except (BotoCoreError, OSError) as exc:
+        except (_bc().BotoCoreError, OSError) as exc:
             log.warning("%s: abort of %s failed: %s", self.name, full_key, self.translate(exc, ""))
             return False
         return True
@@ -680,7 +709,7 @@ class S3Location(Location):
                     if key.rsplit("/", 1)[-1].startswith(_PROBE):
                         continue
                     yield ObjectInfo(key, int(item["Size"]), _aware(item.get("LastModified")))
-        except (BotoCoreError, ClientError, OSError) as exc:
+        except _errors() as exc:
             self.fail(exc, "list")
 
     def delete(self, key: str) -> None:
@@ -700,7 +729,7 @@ class S3Location(Location):
                 lambda: s3.list_objects_v2(Bucket=self.bucket, Prefix=self.full_key(""), MaxKeys=1),
                 until,
             )
-        except (BotoCoreError, ClientError, OSError, StrongroomError) as exc:
+        except _errors(StrongroomError) as exc:
             return CheckResult(False, False, str(self.translate(exc, "list")))
         probe = self.full_key(f"{_PROBE}{secrets.token_hex(8)}")
         try:
@@ -714,7 +743,7 @@ class S3Location(Location):
             self.within(
                 "write probe", lambda: s3.delete_object(Bucket=self.bucket, Key=probe), until
             )
-        except (BotoCoreError, ClientError, OSError, StrongroomError) as exc:
+        except _errors(StrongroomError) as exc:
             return CheckResult(True, False, str(self.translate(exc, "write probe")))
         return CheckResult(True, True, f"{self.name}: {self.describe()} reachable and writable")
 
@@ -731,7 +760,7 @@ class S3Location(Location):
                     if cutoff is not None and started is not None and started >= cutoff:
                         continue
                     stale.append((upload["Key"], upload["UploadId"]))
-        except (BotoCoreError, ClientError, OSError) as exc:
+        except _errors() as exc:
             self.fail(exc, "list incomplete uploads")
         return sum(self.abort_upload(key, upload_id) for key, upload_id in stale)
 
