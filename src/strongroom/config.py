@@ -533,10 +533,12 @@ def _hour_or_off(source: Mapping[str, Any], name: str, default: int) -> int | No
     return hour
 
 
-def environment(config_file: str | None = None) -> ChainMap[str, Any]:
+def environment(config_file: str | None = None, *, check_names: bool = True) -> ChainMap[str, Any]:
     """The environment over the config file (``config_file``, else ``$STRONGROOM_CONFIG``).
 
     A blank variable counts as unset, as everywhere else, so it does not hide the file's value.
+    ``check_names=False`` skips the check of the file's names (unknown ones, secrets in a file
+    others may read), which needs every backend's settings: for :func:`wal_settings_from_env`.
     """
     env = {name: value for name, value in os.environ.items() if value.strip()}
     path = config_file or env.get(CONFIG_FILE_VAR)
@@ -544,7 +546,21 @@ def environment(config_file: str | None = None) -> ChainMap[str, Any]:
         return ChainMap(env)
     from strongroom.configfile import read_config_file
 
+    if not check_names:
+        return ChainMap(env, read_config_file(path.strip(), None, ()))
     return ChainMap(env, read_config_file(path.strip(), setting_names(), secret_names()))
+
+
+def wal_settings_from_env(config_file: str | None = None) -> WalSettings:
+    """Only the WAL settings, from the environment over the config file: ``wal-push``'s fast
+    path (a file already pushed ahead) needs nothing else.
+
+    The file's lines are parsed but its names are not checked against every backend's
+    settings (that would import every storage backend, a quarter of the call): a call that
+    pushes reads the whole configuration with :func:`config_from_env` and checks it, and only
+    such a call can have made the spool record the fast path answers from.
+    """
+    return load_wal_settings(environment(config_file, check_names=False))
 
 
 def config_from_env(config_file: str | None = None) -> Config:

@@ -26,12 +26,13 @@ _LINE = re.compile(r"(?:export\s+)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<va
 
 
 def read_config_file(
-    path: str | os.PathLike[str], known: Collection[str], secrets: Collection[str]
+    path: str | os.PathLike[str], known: Collection[str] | None, secrets: Collection[str]
 ) -> dict[str, str]:
     """Every setting in the file at ``path``; ``ConfigError`` for any problem with it.
 
-    ``known`` are the names a file may set; when it sets one of ``secrets``, group or other
-    users must have no access to it.
+    ``known`` are the names a file may set (``None``: any name, for a reader that takes only
+    names it knows); when it sets one of ``secrets``, group or other users must have no access
+    to it.
     """
     shown = os.fspath(path)
     values: dict[str, str] = {}
@@ -41,7 +42,7 @@ def read_config_file(
         if item is None:
             continue
         name, value = item
-        if name not in known:
+        if known is not None and name not in known:
             raise ConfigError(f"{shown}, line {number}: {_unknown(name, known)}")
         if name in lines:
             raise ConfigError(

@@ -7,6 +7,7 @@ stderr and its exit code; nothing else turns errors into exit codes.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -22,7 +23,12 @@ log = logging.getLogger("strongroom")
 Handler = Callable[[argparse.Namespace, Config], int]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; for an archiver ``command``, only the WAL commands.
+
+    PostgreSQL starts ``wal-push`` once per WAL file: building the other twenty subcommands'
+    parsers for each call would be wasted start-up time.
+    """
     p = argparse.ArgumentParser(
         prog="strongroom",
         description="Encrypted, triple-redundant backup and restore for multi-tenant PostgreSQL.",
@@ -31,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     _config_option(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if command in _ARCHIVER_COMMANDS:
+        _wal_commands(sub)
+        return p
 
     b = sub.add_parser("backup", help="dump, compress, encrypt and store the database now")
     _json(b)
@@ -311,7 +320,8 @@ def _retention_commands(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None, *, config: Config | None = None) -> int:
     """Entry point; ``config`` is given by ``manage.py strongroom`` (Django settings)."""
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(_command_of(words)).parse_args(words)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="strongroom: %(levelname)s: %(message)s",
@@ -324,6 +334,17 @@ def main(argv: Sequence[str] | None = None, *, config: Config | None = None) -> 
         return _run(args, config)
     finally:
         notice.setLevel(saved)  # main() may run inside a longer-lived process (manage.py, tests)
+
+
+def _command_of(words: Sequence[str]) -> str | None:
+    """The subcommand a command line names: its first word that is not a global option."""
+    rest = iter(words)
+    for word in rest:
+        if word == "--config":
+            next(rest, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _run(args: argparse.Namespace, config: Config | None) -> int:
@@ -363,6 +384,8 @@ _ARCHIVER_COMMANDS = frozenset({"wal-push", "wal-fetch", "wal-verify"})
 def _archiver_command(args: argparse.Namespace, config: Config | None) -> int:
     from strongroom.interfaces import wal_commands
 
+    if args.command == "wal-push" and wal_commands.pushed_ahead_already(args, config):
+        return ExitCode.OK  # the fast path: only the WAL settings were read
     handlers: dict[str, Handler] = {
         "wal-push": wal_commands.wal_push,
         "wal-fetch": wal_commands.wal_fetch,
@@ -390,35 +413,39 @@ def _archiver_exit(args: argparse.Namespace, code: int, exc: BaseException | Non
 def _dispatch(args: argparse.Namespace, config: Config | None) -> int:
     if args.command in _ARCHIVER_COMMANDS:
         return _archiver_command(args, config)
-    from strongroom.interfaces import commands, drill_commands, pitr_commands, tenant_commands
+    if args.command in ("keygen", "demo"):
+        from strongroom.interfaces import commands
 
-    if args.command == "keygen":
-        return commands.keygen(args)
-    if args.command == "demo":
-        return commands.demo(args)
+        return commands.keygen(args) if args.command == "keygen" else commands.demo(args)
     if config is None:
         config = config_from_env(args.config)
         if args.command not in _NO_CATALOG:
             _open_catalog(args, config)
-    handlers: dict[str, Handler] = {
-        "backup": commands.backup,
-        "list": commands.list_backups,
-        "show": commands.show,
-        "verify": commands.verify,
-        "restore": commands.restore,
-        "check": commands.check,
-        "metrics": commands.metrics,
-        "setup-role": commands.setup_role,
-        "prune": commands.prune,
-        "heal": commands.heal,
-        "catalog": commands.catalog,
-        "tenant": tenant_commands.tenant,
-        "drill": drill_commands.drill,
-        "base-backup": pitr_commands.base_backup_command,
-        "pitr-restore": pitr_commands.pitr_restore,
-        "restore-point": pitr_commands.restore_point,
-    }
-    return handlers[args.command](args, config)
+    module, name = _HANDLERS[args.command]
+    handler: Handler = getattr(importlib.import_module(f"strongroom.interfaces.{module}"), name)
+    return handler(args, config)
+
+
+#: Command -> (module of ``strongroom.interfaces``, function). Only the command's own module is
+#: imported, so ``backup`` loads what a backup needs and not restore, metrics or drill code.
+_HANDLERS: dict[str, tuple[str, str]] = {
+    "backup": ("commands", "backup"),
+    "list": ("commands", "list_backups"),
+    "show": ("commands", "show"),
+    "verify": ("commands", "verify"),
+    "restore": ("commands", "restore"),
+    "check": ("commands", "check"),
+    "metrics": ("commands", "metrics"),
+    "setup-role": ("commands", "setup_role"),
+    "prune": ("commands", "prune"),
+    "heal": ("commands", "heal"),
+    "catalog": ("commands", "catalog"),
+    "tenant": ("tenant_commands", "tenant"),
+    "drill": ("drill_commands", "drill"),
+    "base-backup": ("pitr_commands", "base_backup_command"),
+    "pitr-restore": ("pitr_commands", "pitr_restore"),
+    "restore-point": ("pitr_commands", "restore_point"),
+}
 
 
 #: Commands for the disaster, when the catalog may be gone with the application database: they

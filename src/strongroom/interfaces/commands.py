@@ -1,4 +1,8 @@
-"""One function per CLI command: call the service, render the result, return the exit code."""
+"""One function per CLI command: call the service, render the result, return the exit code.
+
+Each command imports its own service when it runs, so a ``backup`` process never loads the
+restore, verify, health or metrics code (nor prometheus_client): less memory, faster start.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,6 @@ from strongroom.config import Config
 from strongroom.core import crypto, postgres
 from strongroom.errors import ConfigError, ExitCode
 from strongroom.interfaces import render
-from strongroom.interfaces.finished import finished_backup
-from strongroom.services import backup as backup_service
-from strongroom.services import health
-from strongroom.services import metrics as metrics_service
-from strongroom.services import restore as restore_service
-from strongroom.services import verify as verify_service
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -30,6 +28,9 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def backup(args: argparse.Namespace, config: Config) -> int:
+    from strongroom.interfaces.finished import finished_backup
+    from strongroom.services import backup as backup_service
+
     show = not (args.json or args.no_progress)
     with render.progress("backup", show) as update:
         report = backup_service.run_full_backup(config, progress=lambda raw, stored: update(raw))
@@ -57,6 +58,8 @@ def show(args: argparse.Namespace, config: Config) -> int:
 
 
 def verify(args: argparse.Namespace, config: Config) -> int:
+    from strongroom.services import verify as verify_service
+
     show = not (args.json or args.no_progress)
     with render.progress_per(show) as update:
         report = verify_service.verify_backup(config, None if args.latest else args.id, update)
@@ -84,6 +87,8 @@ def verify(args: argparse.Namespace, config: Config) -> int:
 
 
 def restore(args: argparse.Namespace, config: Config) -> int:
+    from strongroom.services import restore as restore_service
+
     if args.terminate_sessions and not args.replace:
         raise ConfigError("--terminate-sessions applies only with --replace")
     show = not (args.json or args.no_progress)
@@ -144,6 +149,8 @@ def restore(args: argparse.Namespace, config: Config) -> int:
 
 
 def check(args: argparse.Namespace, config: Config) -> int:
+    from strongroom.services import health
+
     report = health.run_checks(config)
     if args.json:
         render.emit_json(
@@ -161,6 +168,8 @@ def check(args: argparse.Namespace, config: Config) -> int:
 
 
 def metrics(args: argparse.Namespace, config: Config) -> int:
+    from strongroom.services import metrics as metrics_service
+
     registry = metrics_service.collect(config, probe=not args.no_probe)
     if args.textfile:
         metrics_service.write_textfile(args.textfile, registry)

@@ -24,12 +24,24 @@ log = logging.getLogger("strongroom.wal")
 WAL_VERIFY_EVENT = "wal_verify"
 
 
-def wal_push(args: argparse.Namespace, config: Config) -> int:
+def pushed_ahead_already(args: argparse.Namespace, config: Config | None) -> bool:
+    """``wal-push``'s fast path, the common case under load: the file was pushed ahead by an
+    earlier call and its plaintext SHA-256 matches the spool's record. No key, no network, and
+    (with no ``config`` given) only the WAL settings are read, so no storage backend, codec or
+    cipher is imported; anything else is for :func:`wal_push`, which reads the whole
+    configuration and checks it."""
+    from strongroom.config import wal_settings_from_env
     from strongroom.services.wal_cluster import pushed_ahead
 
-    if pushed_ahead(config, args.path):  # the common case under load: no key, no network
-        log.info("%s: pushed ahead earlier, checked", args.path)
-        return ExitCode.OK
+    wal = config.wal if config is not None else wal_settings_from_env(args.config)
+    if not pushed_ahead(wal, args.path):
+        return False
+    log.info("%s: pushed ahead earlier, checked", args.path)
+    return True
+
+
+def wal_push(args: argparse.Namespace, config: Config) -> int:
+    """The full push (after :func:`pushed_ahead_already` said no)."""
     from strongroom.services.wal_push import push_wal
 
     report = push_wal(config, args.path)

@@ -12,16 +12,17 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from strongroom.config import Config
+from strongroom.config import Config, WalSettings
 from strongroom.core import wal
 from strongroom.core.wal_spool import Spool
 from strongroom.errors import ConfigError, ForeignWal, StorageError
 
 
-def data_dir_of(config: Config, wal_path: Path | None = None) -> Path:
+def data_dir_of(config: Config | WalSettings, wal_path: Path | None = None) -> Path:
     """The cluster's data directory: ``STRONGROOM_PGDATA``, else the parent of ``pg_wal``."""
-    if config.wal.pgdata:
-        return Path(config.wal.pgdata)
+    wal = config.wal if isinstance(config, Config) else config
+    if wal.pgdata:
+        return Path(wal.pgdata)
     if wal_path is not None:
         parent = wal_path.absolute().parent
         if parent.name == "pg_wal":
@@ -69,22 +70,22 @@ def read_wal_file(file: Path) -> bytes:
         raise StorageError(f"cannot read {file}: {exc.strerror or exc}") from None
 
 
-def pushed_ahead(config: Config, path: str) -> bool:
+def pushed_ahead(wal_settings: WalSettings, path: str) -> bool:
     """Whether ``path`` was pushed ahead with exactly this content (the record is then used up:
     a later re-push after a crash is checked against the archive itself)."""
-    if not config.wal.spool_dir:
+    if not wal_settings.spool_dir:
         return False
     file = Path(path)
     try:
         wal.parse_name(file.name)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    spool = Spool(config.wal.spool_dir)
+    spool = Spool(wal_settings.spool_dir)
     recorded = spool.pushed_sha(file.name)
     if not recorded:
         return False
     data = read_wal_file(file)
-    check_header(cluster_scope(data_dir_of(config, file)), file.name, data)
+    check_header(cluster_scope(data_dir_of(wal_settings, file)), file.name, data)
     if hashlib.sha256(data).hexdigest() != recorded:
         return False
     spool.forget_pushed(file.name)
