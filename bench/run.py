@@ -69,7 +69,7 @@ RATIO_TARGETS: dict[str, tuple[str, float | None]] = {
     "restore_r2": ("restore_floor", 1.3),
     "seed_restore": ("restore_floor", None),
 }
-RSS_TARGETS = {"backup_local": 150 * MB, "backup_all": 200 * MB, "backup_local_z1": 150 * MB}
+RSS_TARGETS = {"backup_local": 80 * MB, "backup_all": 120 * MB, "backup_local_z1": 80 * MB}
 LABELS = {
     "dump_floor": "pg_dump -Fc -Z0 > /dev/null (floor)",
     "backup_local": "strongroom backup → local",
