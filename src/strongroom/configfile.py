@@ -13,7 +13,6 @@ naming the file and the line, never the value (it may be a key). Imports no Djan
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
@@ -83,6 +82,8 @@ def _parse(line: str, path: str, number: int) -> tuple[str, str] | None:
 
 
 def _unknown(name: str, known: Collection[str]) -> str:
+    import difflib  # only for this message: every command reads the file, few ever get here
+
     close = difflib.get_close_matches(name, list(known), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return f"unknown setting {name}{hint}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import time
 from pathlib import Path
 
@@ -37,6 +36,8 @@ class Spool:
         return path
 
     def _write(self, path: Path, data: bytes) -> None:
+        import secrets  # here, not at the top: wal-push's fast path only reads the spool
+
         temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
         try:
             with temp.open("xb") as out:
