@@ -7,9 +7,11 @@ It starts a throwaway PostgreSQL cluster, fills the RLS-forced demo shop to ``--
 ``b2-backups`` bucket, and then measures, interleaved so machine noise hits every candidate:
 
 * the floor: ``pg_dump -Fc -Z0 DB > /dev/null`` as the BYPASSRLS backup role;
-* ``strongroom backup --json --no-progress`` (the CLI, a subprocess) to local disk only, and to
-  local + R2 + B2 (both SeaweedFS on loopback): wall time divided by the floor's median, and the
-  peak RSS of the strongroom Python process and, separately, of its ``pg_dump`` child;
+* ``strongroom backup --json --no-progress`` (the CLI, a subprocess, default settings: adaptive
+  zstd, levels 1-3) to local disk only, and to local + R2 + B2 (both SeaweedFS on loopback), and
+  to local disk at each fixed level of ``--fixed-levels`` (default 3: the stored-size reference):
+  wall time divided by the floor's median, the peak RSS of the strongroom Python process and,
+  separately, of its ``pg_dump`` child, and the levels adaptive zstd used;
 * the original design (``bench/seed_approach.py``): pg_dump -Fc to a file, gzip-9, Fernet over
   the whole file in memory, SHA-256; and its restore;
 * restore: ``strongroom restore -j 2`` from local and from r2 into a new database, divided by a
@@ -61,20 +63,25 @@ NOTES_MARKER = "<!-- notes below this line are kept when the benchmark rewrites 
 
 #: name -> (what it is divided by, target ratio); RSS targets apply to the Python process.
 RATIO_TARGETS: dict[str, tuple[str, float | None]] = {
-    "backup_local": ("dump_floor", 1.25),
-    "backup_all": ("dump_floor", 1.35),
-    "backup_local_z1": ("dump_floor", 1.25),
+    "backup_local": ("dump_floor", 1.10),
+    "backup_all": ("dump_floor", 1.25),
+    **{f"backup_local_z{n}": ("dump_floor", None) for n in range(1, 23)},
     "seed_backup": ("dump_floor", None),
     "restore_local": ("restore_floor", 1.3),
     "restore_r2": ("restore_floor", 1.3),
     "seed_restore": ("restore_floor", None),
 }
-RSS_TARGETS = {"backup_local": 80 * MB, "backup_all": 120 * MB, "backup_local_z1": 80 * MB}
+RSS_TARGETS = {"backup_local": 80 * MB, "backup_all": 120 * MB}
+#: Adaptive zstd's stored size may exceed fixed level 3's by at most this fraction.
+STORED_VS_LEVEL3 = 0.10
 LABELS = {
     "dump_floor": "pg_dump -Fc -Z0 > /dev/null (floor)",
     "backup_local": "strongroom backup → local",
     "backup_all": "strongroom backup → local + r2 + b2",
-    "backup_local_z1": "strongroom backup → local, BACKUP_COMPRESSION_LEVEL=1",
+    **{
+        f"backup_local_z{n}": f"strongroom backup → local, fixed level {n} (ADAPT=false)"
+        for n in range(1, 23)
+    },
     "seed_backup": "original: pg_dump -Fc file → gzip-9 → Fernet in memory",
     "plain_dump": "pg_dump -Fc (default compression) to a file",
     "restore_floor": "pg_restore -j 2 of the plain -Fc file (floor)",
@@ -87,7 +94,7 @@ CHILD = {
     "dump_floor": "",
     "backup_local": "pg_dump",
     "backup_all": "pg_dump",
-    "backup_local_z1": "pg_dump",
+    **{f"backup_local_z{n}": "pg_dump" for n in range(1, 23)},
     "seed_backup": "pg_dump",
     "plain_dump": "",
     "restore_floor": "",
@@ -309,22 +316,28 @@ class Bench:
         return run
 
 
-def measure_size(bench: Bench, label: str, repeats: int, restore_repeats: int) -> SizeRun:
+def measure_size(
+    bench: Bench, label: str, repeats: int, restore_repeats: int, fixed_levels: Sequence[int]
+) -> SizeRun:
     """Every measurement at the current size, interleaved round by round."""
     result = SizeRun(label, bench.db_size())
     log(f"measuring at {result.db_bytes / GIB:.2f} GiB ({label})")
     bench.dump_floor()  # warm-up, not counted
     backups: dict[str, list[dict[str, Any]]] = {"local": [], "local,r2,b2": []}
-    stored_z1 = 0
+    fixed: dict[int, list[dict[str, Any]]] = {n: [] for n in fixed_levels}
     for _ in range(repeats):
         for name, locations in (("backup_local", "local"), ("backup_all", "local,r2,b2")):
             result.add("dump_floor", bench.dump_floor())
             run, doc = bench.backup(locations)
             result.add(name, run)
             backups[locations].append(doc)
-        run, doc = bench.backup("local", BACKUP_COMPRESSION_LEVEL="1")
-        result.add("backup_local_z1", run)
-        stored_z1 = doc["size_bytes"]
+            log(f"    levels: {_levels_text(doc)}")
+        for n in fixed_levels:
+            run, doc = bench.backup(
+                "local", BACKUP_COMPRESSION_ADAPT="false", BACKUP_COMPRESSION_LEVEL=str(n)
+            )
+            result.add(f"backup_local_z{n}", run)
+            fixed[n].append(doc)
     run, seed = bench.seed_backup(0)
     result.add("seed_backup", run)
     plain = bench.work / "plain.dump"
@@ -339,10 +352,16 @@ def measure_size(bench: Bench, label: str, repeats: int, restore_repeats: int) -
     last = backups["local,r2,b2"][-1]
     result.info = {
         "raw_dump_bytes": last["raw_size_bytes"],
-        "stored_bytes": last["size_bytes"],
-        "stored_bytes_zstd1": stored_z1,
+        "stored_bytes": statistics.median(d["size_bytes"] for d in backups["local"]),
+        "stored_bytes_fixed": {
+            n: statistics.median(d["size_bytes"] for d in docs) for n, docs in fixed.items()
+        },
         "codec": last["metadata"].get("codec"),
         "codec_level": last["metadata"].get("codec_level"),
+        "codec_levels": {
+            loc: [d["metadata"].get("codec_levels", {}) for d in docs]
+            for loc, docs in backups.items()
+        },
         "plain_dump_bytes": plain.stat().st_size,
         "seed_sizes": seed["sizes"],
         "seed_stages": seed["stages"],
@@ -353,6 +372,46 @@ def measure_size(bench: Bench, label: str, repeats: int, restore_repeats: int) -
     }
     plain.unlink()
     return result
+
+
+def _levels_text(doc: Mapping[str, Any]) -> str:
+    """``level: share of the raw bytes`` for one adaptive backup, e.g. ``1: 88%, 2: 12%``."""
+    levels = doc["metadata"].get("codec_levels") or {}
+    total = sum(v["raw_bytes"] for v in levels.values()) or 1
+    return (
+        ", ".join(
+            f"{n}: {100 * v['raw_bytes'] / total:.0f}%" for n, v in sorted(levels.items(), key=_num)
+        )
+        or "fixed"
+    )
+
+
+def _num(item: tuple[str, Any]) -> int:
+    return int(item[0])
+
+
+def levels_summary(info: Mapping[str, Any]) -> str:
+    """The raw bytes per level over every adaptive backup of one location set."""
+    totals: dict[str, int] = {}
+    for doc_levels in info["codec_levels"]["local"]:
+        for n, v in doc_levels.items():
+            totals[n] = totals.get(n, 0) + v["raw_bytes"]
+    whole = sum(totals.values()) or 1
+    return ", ".join(
+        f"level {n} {100 * b / whole:.0f}%" for n, b in sorted(totals.items(), key=_num)
+    )
+
+
+def stored_line(info: Mapping[str, Any]) -> str:
+    """Adaptive zstd's stored size against fixed level 3's, with the verdict."""
+    fixed = {int(k): v for k, v in info["stored_bytes_fixed"].items()}
+    parts = [f"{v / 1e9:.3f} GB at fixed level {n}" for n, v in sorted(fixed.items())]
+    text = f"adaptive (median, local) {info['stored_bytes'] / 1e9:.3f} GB; " + "; ".join(parts)
+    if 3 in fixed:
+        over = info["stored_bytes"] / fixed[3] - 1
+        verdict = _verdict(over <= STORED_VS_LEVEL3)
+        text += f"; adaptive vs level 3: {over:+.1%} (target ≤ +{STORED_VS_LEVEL3:.0%}: {verdict})"
+    return text
 
 
 # -- machine and report ------------------------------------------------------------------------
@@ -442,7 +501,8 @@ def flatness(runs: Sequence[SizeRun]) -> list[str]:
     first, last = runs[0], runs[-1]
     growth = last.db_bytes / first.db_bytes
     lines = []
-    names = ("backup_local", "backup_all", "backup_local_z1", "restore_local", "restore_r2",
+    fixed = [n for n in first.runs if n.startswith("backup_local_z")]
+    names = ("backup_local", "backup_all", *fixed, "restore_local", "restore_r2",
              "seed_backup", "seed_restore")  # fmt: skip
     for name in names:
         a, b = first.python_rss(name), last.python_rss(name)
@@ -480,9 +540,12 @@ def markdown(runs: Sequence[SizeRun], info: Mapping[str, Any], command: str) -> 
         "(the role strongroom uses). It is run before every strongroom backup (interleaved), and "
         "ratios divide medians by the floor's median.",
         "- **strongroom backup**: the CLI `strongroom backup --json --no-progress` as a "
-        "subprocess, default settings (zstd level 3 on all cores, Tink AES-256-GCM 1 MiB "
+        "subprocess, default settings (adaptive zstd between levels 1 and 3 on all cores, "
+        "Tink AES-256-GCM 1 MiB "
         "segments, SHA-256, row counts in the dump's snapshot, SQLite catalog, manifest beside "
-        "every copy). Wall time includes interpreter and Django start-up.",
+        "every copy). Wall time includes interpreter and Django start-up. The fixed-level rows "
+        "run the same with `BACKUP_COMPRESSION_ADAPT=false`; fixed level 3 (the level every "
+        "backup used before adaptive zstd) is the stored-size reference.",
         "- **Restore floor**: `pg_restore -j 2 --no-owner --no-acl` of an unencrypted "
         "`pg_dump -Fc` file (default compression) into a new database. **strongroom restore**: "
         "`strongroom restore ID --from LOCATION -j 2` into a new database: download, "
@@ -516,9 +579,9 @@ def markdown(runs: Sequence[SizeRun], info: Mapping[str, Any], command: str) -> 
         lines += [
             f"### {run.label}: database {run.db_bytes / GIB:.2f} GiB ({run.db_bytes / 1e9:.2f} GB)",
             "",
-            f"Dump {i['raw_dump_bytes'] / 1e9:.2f} GB (`-Z0`) → stored "
-            f"{i['stored_bytes'] / 1e9:.3f} GB ({i['codec']}-{i['codec_level']}, encrypted; "
-            f"{i['stored_bytes_zstd1'] / 1e9:.3f} GB at level 1); "
+            f"Dump {i['raw_dump_bytes'] / 1e9:.2f} GB (`-Z0`) → stored, encrypted: "
+            f"{stored_line(i)}. Adaptive zstd (levels 1-{i['codec_level']}) compressed the "
+            f"local backups' bytes at {levels_summary(i)}; "
             f"plain `pg_dump -Fc` file {i['plain_dump_bytes'] / 1e9:.2f} GB; original design "
             f"stored {seed['stored'] / 1e9:.2f} GB (its stages, s: "
             + ", ".join(f"{k} {v:.1f}" for k, v in i["seed_stages"].items())
@@ -598,6 +661,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--restore-repeats", type=int, default=2, help="restore rounds per size (default 2)"
     )
+    p.add_argument(
+        "--fixed-levels",
+        type=lambda text: [int(n) for n in text.split(",") if n.strip()],
+        default=[3],
+        help="fixed zstd levels also measured to local, comma-separated (default 3)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--workdir", type=Path, default=None, help="parent of the temporary directory")
     return p.parse_args(argv)
@@ -619,12 +688,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         info: dict[str, Any] = {"machine": machine(cluster)}
         log(f"creating the demo database, {args.size_gb:g} GiB")
         bench.create(int(args.size_gb * GIB))
-        runs.append(measure_size(bench, "1x", args.repeats, args.restore_repeats))
+        levels = args.fixed_levels
+        runs.append(measure_size(bench, "1x", args.repeats, args.restore_repeats, levels))
         print_table(runs[-1])
         if args.double:
             log("doubling the database")
             bench.grow(2 * runs[0].db_bytes)
-            runs.append(measure_size(bench, "2x (--double)", args.repeats, args.restore_repeats))
+            runs.append(
+                measure_size(
+                    bench, "2x (--double)", args.repeats, args.restore_repeats, args.fixed_levels
+                )
+            )
             print_table(runs[-1])
         info.update(
             date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -17,12 +17,12 @@ from strongroom.errors import StrongroomError
 @checks.register("strongroom")
 def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     from strongroom.conf import config_from_django
-    from strongroom.core.codecs import get_codec
     from strongroom.core.crypto import Keyring
+    from strongroom.services.runtime import codec_for
 
     try:
         config = config_from_django()
-        get_codec(config.codec, config.codec_level, config.codec_threads)
+        codec_for(config)
     except StrongroomError as exc:
         return [checks.Error(str(exc), id="strongroom.E001")]
     if not config.encryption_key:

@@ -32,6 +32,8 @@ GENERAL_SETTINGS = (
     "BACKUP_COMPRESSION",
     "BACKUP_COMPRESSION_LEVEL",
     "BACKUP_COMPRESSION_THREADS",
+    "BACKUP_COMPRESSION_MIN_LEVEL",
+    "BACKUP_COMPRESSION_ADAPT",
     "BACKUP_PG_DUMP_TIMEOUT",
     "BACKUP_LOCATION_TIMEOUT",
     "BACKUP_CHECK_TIMEOUT",
@@ -110,6 +112,7 @@ _BACKOFF = Number("a number of seconds", low=0, high=MAX_SECONDS)
 NUMBERS: dict[str, Number] = {
     "BACKUP_COMPRESSION_LEVEL": Number("an integer", whole=True),  # range per codec: codecs.py
     "BACKUP_COMPRESSION_THREADS": whole(-1, 1024),  # -1 all cores, 0 the calling thread
+    "BACKUP_COMPRESSION_MIN_LEVEL": Number("an integer", whole=True),  # adaptive zstd's floor
     "BACKUP_PG_DUMP_TIMEOUT": seconds(),
     "BACKUP_RESTORE_JOBS": whole(1, 64),
     "BACKUP_MAX_AGE_HOURS": Number("a number of hours", above=0, high=MAX_SECONDS / 3600),
@@ -257,6 +260,10 @@ class Config:
     codec: str = "zstd"
     codec_level: int | None = None
     codec_threads: int = -1
+    #: Adaptive zstd's floor (``None``: level 1); ``codec_level`` is then its ceiling.
+    codec_min_level: int | None = None
+    #: Whether the level adapts to the CPU left over (``None``: yes for zstd).
+    codec_adapt: bool | None = None
     pg_dump_timeout: float = 3600.0
     #: Seconds a location may stay silent in a backup (its pre-stream steps, or accepting
     #: nothing mid-stream) before it is dropped (optional) or fails the run (required).
@@ -376,6 +383,8 @@ def load_config(source: Mapping[str, Any]) -> Config:
         codec=str(_get(source, "BACKUP_COMPRESSION", "zstd")),
         codec_level=_number(source, "BACKUP_COMPRESSION_LEVEL", None),
         codec_threads=_number(source, "BACKUP_COMPRESSION_THREADS", -1),
+        codec_min_level=_number(source, "BACKUP_COMPRESSION_MIN_LEVEL", None),
+        codec_adapt=_optional_bool(source, "BACKUP_COMPRESSION_ADAPT"),
         pg_dump_timeout=_number(source, "BACKUP_PG_DUMP_TIMEOUT", 3600.0),
         location_timeout=_number(source, "BACKUP_LOCATION_TIMEOUT", 60.0),
         check_timeout=_number(source, "BACKUP_CHECK_TIMEOUT", 15.0),
@@ -420,6 +429,14 @@ def load_wal_settings(source: Mapping[str, Any]) -> WalSettings:
         fetch_retries=_number(source, "BACKUP_WAL_FETCH_RETRIES", defaults.fetch_retries),
         max_age_seconds=_number(source, "BACKUP_WAL_MAX_AGE_SECONDS", defaults.max_age_seconds),
     )
+
+
+def _optional_bool(source: Mapping[str, Any], name: str) -> bool | None:
+    """``None`` when unset (or empty): the component picks its default."""
+    value = _get(source, name)
+    if value is None or value == "":
+        return None
+    return _bool(source, name, False)
 
 
 def _bool(source: Mapping[str, Any], name: str, default: bool) -> bool:

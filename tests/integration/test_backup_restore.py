@@ -30,7 +30,7 @@ from clisupport import CLI, Cli, clean_environ, command, require_cli
 from psycopg import sql
 
 from strongroom.core.crypto import generate_key, key_id_of, parse_key
-from strongroom.core.manifest import MANIFEST_SUFFIX
+from strongroom.core.manifest import MANIFEST_SUFFIX, read_unverified
 from strongroom.errors import PostgresError
 from strongroom.sandbox.demo_data import (
     DemoDatabase,
@@ -240,6 +240,15 @@ def test_backup_then_restore_into_a_new_database_gives_equal_tables(
     assert doc["filename"] == doc["id"] + extension
     assert doc["metadata"]["codec"] == codec
     assert doc["metadata"]["codec_level"] == (int(level) if level else 3)
+    levels = doc["metadata"]["codec_levels"]
+    manifest_path = _object_path(env, doc).with_name(doc["id"] + MANIFEST_SUFFIX)
+    assert read_unverified(manifest_path.read_bytes()).codec_levels == levels
+    if codec == "zstd":  # adaptive by default: every byte counted under a level in 1-3
+        assert levels and {int(n) for n in levels} <= {1, 2, 3}
+        assert sum(v["raw_bytes"] for v in levels.values()) == doc["raw_size_bytes"]
+        assert sum(v["compressed_bytes"] for v in levels.values()) == doc["compressed_size_bytes"]
+    else:
+        assert levels == {}  # a fixed level records none, as before
     assert doc["metadata"]["table_rows"] == {t: n for t, (n, _) in shop_digests.items()}
     assert doc["size_bytes"] < doc["raw_size_bytes"]  # compressed once, in the stream
     assert _files(env) == sorted(

@@ -131,7 +131,9 @@ def test_none_passes_through() -> None:
 
 
 def test_defaults_and_extensions() -> None:
-    assert get_codec("zstd") == Codec("zstd", 3, "zst", -1)
+    assert get_codec("zstd") == Codec("zstd", 3, "zst", -1, min_level=1)
+    assert get_codec("zstd", adapt=False) == Codec("zstd", 3, "zst", -1)
+    assert not get_codec("gzip").adaptive and not get_codec("none").adaptive
     assert get_codec("gzip").level == 6 and get_codec("gzip").extension == "gz"
     assert get_codec("none").level == 0 and get_codec("none").extension == ""
     assert get_codec(" ZSTD ", 19).level == 19
@@ -189,17 +191,109 @@ def test_truncation_at_the_edges(stored: dict[str, bytes], name: str, cut: int) 
 
 
 @pytest.mark.parametrize("name", ["zstd", "gzip"])
-@pytest.mark.parametrize("extra", [b"\x00", b"junk", b"\x28\xb5\x2f\xfd", b"\x1f\x8b"])
+@pytest.mark.parametrize("extra", [b"\x00", b"junk", b"\x28\xb5\x2f\xfe", b"\x1f\x8b"])
 def test_trailing_bytes_are_corrupt(stored: dict[str, bytes], name: str, extra: bytes) -> None:
     with pytest.raises(IntegrityError, match="after the end"):
         decompress(get_codec(name), stored[name] + extra)
 
 
-def test_two_frames_are_not_one_stream() -> None:
+@pytest.mark.parametrize("extra", [b"\x28", b"\x28\xb5\x2f\xfd", b"\x28\xb5\x2f\xfd\x04"])
+def test_a_cut_second_frame_is_corrupt(stored: dict[str, bytes], extra: bytes) -> None:
+    with pytest.raises(IntegrityError, match="truncated"):
+        decompress(get_codec("zstd"), stored["zstd"] + extra)
+
+
+def test_frames_in_a_row_are_one_stream() -> None:
+    """A level change starts a new frame: RFC 8878 (and ``zstd -d``) read frames in a row."""
     codec = get_codec("zstd")
-    one = compress(codec, b"first")
+    one, two = compress(codec, b"first "), compress(get_codec("zstd", 9), dumpish(MIB))
+    assert decompress(codec, one + two + one) == b"first " + dumpish(MIB) + b"first "
     with pytest.raises(IntegrityError, match="after the end"):
-        decompress(codec, one + one)
+        decompress(codec, one + two + b"junk")
+
+
+# --- adaptive zstd ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [-1, 0])
+def test_level_changes_mid_stream_decode_and_verify(threads: int) -> None:
+    codec = get_codec("zstd", 3, threads, min_level=1)
+    plain = dumpish(4 * MIB) + os.urandom(100_000) + dumpish(MIB)
+    plan = {0: 1, MIB: 3, 2 * MIB: 2, 3 * MIB: 2, 4 * MIB: 1}
+    sink = Sink()
+    writer = codec.adaptive_writer(sink)
+    for start in range(0, len(plain), 64 * 1024):
+        if start in plan:
+            writer.set_level(plan[start])
+        writer.write(plain[start : start + 64 * 1024])
+    writer.close()
+    stored = sink.data
+    assert set(writer.levels) == {1, 2, 3}
+    assert writer.levels[3][0] == MIB and writer.levels[2][0] == 2 * MIB
+    assert sum(r for r, _ in writer.levels.values()) == len(plain) == writer.bytes_in
+    assert sum(o for _, o in writer.levels.values()) == len(stored) == writer.bytes_out
+    assert decompress(codec, stored) == plain
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(stored)  # standard frames
+    # each frame carries its own checksum: a flipped content byte in a later frame is caught
+    bad = bytearray(stored)
+    bad[-10] ^= 0x40
+    with pytest.raises(IntegrityError):
+        decompress(codec, bytes(bad))
+
+
+def test_adaptive_writer_without_changes_is_one_frame() -> None:
+    """A stream that never changed level is one frame, as a fixed level writes it."""
+    codec = get_codec("zstd", 3, 0, min_level=1)
+    plain = dumpish(2 * MIB)
+    sink = Sink()
+    writer = codec.adaptive_writer(sink)
+    writer.set_level(3)  # the level it already has: no new frame
+    writer.write(plain)
+    writer.close()
+    assert sink.data == compress(get_codec("zstd", 3, 0, adapt=False), plain, chunk=len(plain))
+    assert writer.levels == {3: (len(plain), len(sink.data))}
+
+
+def test_adaptive_writer_of_nothing_is_a_valid_empty_stream() -> None:
+    codec = get_codec("zstd", min_level=1)
+    sink = Sink()
+    writer = codec.adaptive_writer(sink)
+    writer.set_level(1)
+    writer.close()
+    assert decompress(codec, sink.data) == b""
+
+
+def test_fixed_codec_has_no_adaptive_writer() -> None:
+    with pytest.raises(ValueError, match="does not adapt"):
+        get_codec("zstd", adapt=False).adaptive_writer(Sink())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (
+            {"level": 3, "min_level": 5},
+            "BACKUP_COMPRESSION_MIN_LEVEL 5 is above BACKUP_COMPRESSION_LEVEL 3",
+        ),
+        ({"level": 3, "min_level": 0}, "BACKUP_COMPRESSION_MIN_LEVEL 0 is out of range for zstd"),
+        ({"level": 3, "min_level": 23}, "use 1-22"),
+        ({"name": "gzip", "adapt": True}, "only zstd adapts its level, not gzip"),
+    ],
+)
+def test_invalid_adaptive_settings(kwargs: dict[str, object], expected: str) -> None:
+    name = str(kwargs.pop("name", "zstd"))
+    with pytest.raises(ConfigError) as caught:
+        get_codec(name, **kwargs)  # type: ignore[arg-type]
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_adaptive_bounds() -> None:
+    assert get_codec("zstd", 3, min_level=3).min_level == 3  # floor = ceiling: one level
+    assert get_codec("zstd", 19, min_level=2) == Codec("zstd", 19, "zst", -1, min_level=2)
+    assert get_codec("zstd", 1).min_level == 1  # default floor under a ceiling of 1
+    assert get_codec("zstd", 3, min_level=9, adapt=False).min_level is None  # fixed: unused
+    assert get_codec("gzip", 9, min_level=30).min_level is None
 
 
 @pytest.fixture(scope="module")

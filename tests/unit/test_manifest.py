@@ -184,6 +184,9 @@ def test_signed_but_malformed_manifest_is_rejected() -> None:
         ("tenant_id", 5),
         ("extra", "x"),
         ("id", None),
+        ("codec_levels", []),
+        ("codec_levels", {"1": {"raw_bytes": "5"}}),
+        ("codec_levels", {"1": 5}),
     ],
 )
 def test_mistyped_fields_are_rejected(field: str, value: Any) -> None:
@@ -191,6 +194,20 @@ def test_mistyped_fields_are_rejected(field: str, value: Any) -> None:
     data[field] = value
     with pytest.raises(IntegrityError, match="malformed manifest"):
         Manifest.from_dict(data)
+
+
+def test_levels_of_adaptive_zstd_round_trip_and_old_manifests_have_none() -> None:
+    levels = {
+        "1": {"raw_bytes": 900, "compressed_bytes": 300},
+        "3": {"raw_bytes": 100, "compressed_bytes": 25},
+    }
+    manifest = sample(codec_levels=levels)
+    assert Manifest.from_document(manifest.to_document(RING_A), RING_A).codec_levels == levels
+    old = sample().to_dict()
+    del old["codec_levels"]  # written before adaptive zstd existed
+    key_id, mac = RING_A.sign(canonical_json(old))
+    document = json.dumps({"format": FORMAT, "key_id": key_id, "mac": mac, "manifest": old})
+    assert Manifest.from_document(document.encode(), RING_A) == sample()
 
 
 def test_unknown_fields_from_newer_versions_are_ignored() -> None:

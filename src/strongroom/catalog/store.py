@@ -639,6 +639,7 @@ def _apply_manifest(backup: Backup, m: Manifest) -> None:
         "manifest": m.to_dict(),
         "codec": m.codec,
         "codec_level": m.codec_level,
+        "codec_levels": m.codec_levels,
         "key_id": m.key_id,
         "table_rows": m.table_rows,
         "server_version": m.server_version,

@@ -73,6 +73,10 @@ class Manifest:
     tenant_id: str | None = None
     tool_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Adaptive zstd: per level (as a string), ``raw_bytes`` compressed at it and the
+    #: ``compressed_bytes`` they became; empty for a fixed level. ``codec_level`` is then the
+    #: ceiling. Only for the record: the decompressor needs no level.
+    codec_levels: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (datetimes as ISO-8601 UTC, ``...Z``)."""
@@ -179,9 +183,17 @@ def _check_field(name: str, value: Any) -> Any:
         )
     elif name == "extra":
         ok = isinstance(value, dict)
+    elif name == "codec_levels":
+        ok = isinstance(value, dict) and all(
+            isinstance(v, dict) and all(_is_int(n) for n in v.values()) for v in value.values()
+        )
     if not ok:
         raise IntegrityError(f"malformed manifest: field {name!r} has the wrong type")
     return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _format_time(value: datetime, name: str) -> str:

@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from strongroom.core import deadline
-from strongroom.core.codecs import Codec
+from strongroom.core.adaptive import LevelController, Pacer
+from strongroom.core.codecs import AdaptiveZstdWriter, Codec, CompressWriter
 from strongroom.core.crypto import Keyring
 from strongroom.core.storage.base import ObjectWriter
 from strongroom.core.streams import Reader
@@ -196,6 +197,8 @@ class StreamResult:
     stored_size: int
     sha256: str
     outcomes: dict[str, LocationOutcome]
+    #: Adaptive zstd only: per level used, (raw bytes compressed at it, bytes they became).
+    levels: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 def stream_to_locations(
@@ -208,24 +211,38 @@ def stream_to_locations(
     progress: Progress | None = None,
     stall_timeout: float = STALL_TIMEOUT,
     stop_on_failure_of: frozenset[str] = frozenset(),
+    adapt: bool = False,
 ) -> StreamResult:
     """Push ``source`` through the codec and the cipher into every writer, uncommitted.
 
     Reading stops as soon as every location has failed, or any named in
     ``stop_on_failure_of`` (the required ones) has: the caller then stops the source at once
-    instead of waiting for it to fill a pipe nobody drains.
+    instead of waiting for it to fill a pipe nobody drains. With ``adapt`` and an adaptive
+    codec, the level follows the time spent waiting for ``source`` (:mod:`.adaptive`).
     """
     fanout = FanOut(writers, stall_timeout=stall_timeout)
     encryptor = keyring.encrypting_writer(fanout)
-    compressor = codec.compress_writer(encryptor)
+    compressor: CompressWriter
+    pacer: Pacer | None = None
+    if adapt and codec.adaptive:
+        assert codec.min_level is not None
+        compressor = codec.adaptive_writer(encryptor)
+        pacer = Pacer(compressor, LevelController(codec.min_level, codec.level))
+    else:
+        compressor = codec.compress_writer(encryptor)
+    clock = time.monotonic
     raw = 0
     try:
         while True:
+            started = clock()
             chunk = source.read(chunk_size)
             if not chunk:
                 break
+            read = clock()
             raw += len(chunk)
             compressor.write(chunk)
+            if pacer is not None:
+                pacer.tick(read - started, clock() - read)
             if progress is not None:
                 progress(raw, fanout.size)
             if fanout.lost(stop_on_failure_of):
@@ -240,6 +257,7 @@ def stream_to_locations(
         stored_size=fanout.size,
         sha256=fanout.sha256.hexdigest(),
         outcomes=fanout.outcomes(),
+        levels=dict(compressor.levels) if isinstance(compressor, AdaptiveZstdWriter) else {},
     )
 
 

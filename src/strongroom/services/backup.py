@@ -212,6 +212,7 @@ class _BackupRun:
             "pg_dump_log": "\n".join(lines[-_LOG_TAIL:]),
             "codec": manifest.codec,
             "codec_level": manifest.codec_level,
+            "codec_levels": manifest.codec_levels,
             "key_id": manifest.key_id,
             "table_rows": manifest.table_rows,
             "server_version": manifest.server_version,

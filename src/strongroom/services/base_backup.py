@@ -156,6 +156,7 @@ class _BaseRun:
             "pg_dump_log": log_text,
             "codec": manifest.codec,
             "codec_level": manifest.codec_level,
+            "codec_levels": manifest.codec_levels,
             "key_id": manifest.key_id,
             "server_version": manifest.server_version,
             **{k: manifest.extra[k] for k in _SHOWN},

@@ -30,7 +30,7 @@ class Runtime:
     @classmethod
     def build(cls, config: Config) -> Runtime:
         keyring = Keyring.from_strings(config.encryption_key, config.old_encryption_keys)
-        codec = get_codec(config.codec, config.codec_level, config.codec_threads)
+        codec = codec_for(config)
         locations, unconfigured = build_locations(config.locations)
         return cls(config, keyring, codec, locations, unconfigured)
 
@@ -49,6 +49,17 @@ class Runtime:
         if backup_type == "TENANT_BACKUP" and spec.tenant_retention_days is not None:
             return spec.tenant_retention_days
         return spec.retention_days
+
+
+def codec_for(config: Config) -> Codec:
+    """The configured codec: fixed, or adaptive zstd between its floor and ceiling."""
+    return get_codec(
+        config.codec,
+        config.codec_level,
+        config.codec_threads,
+        min_level=config.codec_min_level,
+        adapt=config.codec_adapt,
+    )
 
 
 def build_locations(specs: tuple[LocationSpec, ...]) -> tuple[list[Location], dict[str, str]]:

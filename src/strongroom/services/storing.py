@@ -120,6 +120,10 @@ def stream_fields(runtime: Runtime, key: str, result: StreamResult) -> dict[str,
         "sha256": result.sha256,
         "codec": runtime.codec.name,
         "codec_level": runtime.codec.level,
+        "codec_levels": {
+            str(level): {"raw_bytes": raw, "compressed_bytes": out}
+            for level, (raw, out) in sorted(result.levels.items())
+        },
         "cipher": CIPHER_NAME,
         "key_id": runtime.keyring.primary_id,
         "object_key": key,
@@ -224,6 +228,7 @@ class ObjectUpload:
                 progress=self._progress,
                 stall_timeout=self._timeout,
                 stop_on_failure_of=required,
+                adapt=True,
             )
             outcomes = {**result.outcomes, **failed}
             if self._lost(outcomes):

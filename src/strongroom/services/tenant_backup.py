@@ -193,6 +193,7 @@ class _TenantRun:
             "manifest": manifest.to_dict(),
             "codec": manifest.codec,
             "codec_level": manifest.codec_level,
+            "codec_levels": manifest.codec_levels,
             "key_id": manifest.key_id,
             "table_rows": manifest.table_rows,
             "server_version": manifest.server_version,
