@@ -180,6 +180,9 @@ def history(source: Source) -> Source:
     source.sql("INSERT INTO orders (tenant, batch) SELECT g % 3, 'A' FROM generate_series(1, 40) g")
     source.sql("UPDATE notes SET body = 'A' WHERE id <= 10")
     source.marks["at_a"] = table_digests(source.pg.url("shop"))
+    # The end of A's commit record: the insert position, since with synchronous_commit = off
+    # (the sandbox's) pg_current_wal_lsn(), the write position, may not have reached it yet.
+    source.marks["lsn"] = str(source.sql("SELECT pg_current_wal_insert_lsn()")[0][0])
     time.sleep(1.1)
     source.marks["time"] = datetime.now(UTC)
     time.sleep(1.1)
@@ -329,6 +332,34 @@ def test_pitr_to_a_time_has_batch_a_and_not_batch_b(
         batches = dict(conn.execute("SELECT batch, count(*) FROM orders GROUP BY 1").fetchall())
     assert batches == {"base": 300, "A": 40}
     history.marks["rto"] = (doc["measured_seconds"], doc["replay_seconds"])
+
+
+def test_pitr_to_an_lsn_has_batch_a_and_not_batch_b(
+    history: Source, restored_dirs: list[Restored], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lsn = history.marks["lsn"]
+    server, doc = _pitr(history, restored_dirs, capsys, "--target-lsn", lsn)
+    assert doc["id"] == history.marks["backup"].id and doc["target"] == f"lsn {lsn}"
+    auto = (server.pgdata / "postgresql.auto.conf").read_text()
+    assert f"recovery_target_lsn = '{lsn}'" in auto
+    assert table_digests(server.url()) == history.marks["at_a"]
+    with psycopg.connect(server.url()) as conn:
+        batches = dict(conn.execute("SELECT batch, count(*) FROM orders GROUP BY 1").fetchall())
+    assert batches == {"base": 300, "A": 40}
+
+
+def test_an_lsn_before_every_base_backup_is_refused_with_one_line(
+    history: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stop = history.marks["backup"]
+    capsys.readouterr()
+    code = _main(history, "pitr-restore", "--pgdata", str(tmp_path / "new"), "--target-lsn", "0/10")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == ExitCode.CONFIG
+    assert len(err) == 1, err
+    assert err[0].startswith("strongroom: error: no base backup ended before lsn 0/10 ")
+    assert f"(the oldest, {stop.id}, stopped at LSN " in err[0]
+    assert not (tmp_path / "new").exists()
 
 
 def test_pitr_to_a_restore_point_with_no_catalog_and_one_location(
