@@ -88,6 +88,7 @@ GENERAL_SETTINGS = (
     "BACKUP_WAL_SPOOL_DIR",
     "BACKUP_WAL_PUSH_PARALLEL",
     "BACKUP_WAL_PUSH_AHEAD",
+    "BACKUP_WAL_COMPRESSION_LEVEL",
     "BACKUP_WAL_OPTIONAL_TIMEOUT",
     "BACKUP_WAL_SKIP_DOWN_SECONDS",
     "BACKUP_WAL_PREFETCH",
@@ -139,6 +140,7 @@ NUMBERS: dict[str, Number] = {
     "BACKUP_WAL_CONFIRM_TIMEOUT": seconds(high=24 * 3600),
     "BACKUP_WAL_PUSH_PARALLEL": whole(1, 64),
     "BACKUP_WAL_PUSH_AHEAD": whole(0, 1024),
+    "BACKUP_WAL_COMPRESSION_LEVEL": whole(1, 22, "a compression level"),  # gzip: 1-9
     "BACKUP_WAL_OPTIONAL_TIMEOUT": seconds(high=24 * 3600),
     "BACKUP_WAL_SKIP_DOWN_SECONDS": _BACKOFF,
     "BACKUP_WAL_PREFETCH": whole(0, 64),
@@ -222,6 +224,12 @@ SOFT_LIMIT_MARGIN = 900.0
 HARD_LIMIT_MARGIN = 300.0
 
 
+#: zstd's level for WAL files unless ``BACKUP_WAL_COMPRESSION_LEVEL`` says otherwise: wal-push
+#: runs while PostgreSQL waits and is CPU-bound under a write burst, and a segment compresses
+#: nearly as well at 1 as at 3 for much less CPU (docs/benchmarks.md, the WAL notes).
+WAL_ZSTD_LEVEL = 1
+
+
 @dataclass(frozen=True)
 class WalSettings:
     """Continuous WAL archiving: where its state lives and how hard it pushes and fetches."""
@@ -244,6 +252,10 @@ class WalSettings:
     fetch_retries: int = 3
     #: ``check`` fails when the last archived segment is older while WAL waits.
     max_age_seconds: float = 3600.0
+    #: The codec's level for WAL files (``None``: :data:`WAL_ZSTD_LEVEL` for zstd, else the
+    #: backup's ``BACKUP_COMPRESSION_LEVEL``; no compression has no level); each file's
+    #: manifest records the one used.
+    compression_level: int | None = None
 
 
 @dataclass(frozen=True)
@@ -419,7 +431,29 @@ def load_wal_settings(source: Mapping[str, Any]) -> WalSettings:
         prefetch=_number(source, "BACKUP_WAL_PREFETCH", defaults.prefetch),
         fetch_retries=_number(source, "BACKUP_WAL_FETCH_RETRIES", defaults.fetch_retries),
         max_age_seconds=_number(source, "BACKUP_WAL_MAX_AGE_SECONDS", defaults.max_age_seconds),
+        compression_level=_wal_level(source),
     )
+
+
+def _wal_level(source: Mapping[str, Any]) -> int | None:
+    """``BACKUP_WAL_COMPRESSION_LEVEL`` (zstd 1-22, gzip 1-9, ignored with no compression).
+
+    Checked here, not when the first segment is pushed: a bad level found by ``archive_command``
+    would hold WAL on the server until someone reads its log.
+    """
+    level: int | None = _number(source, "BACKUP_WAL_COMPRESSION_LEVEL", None)
+    if level is None:
+        return None
+    from strongroom.core.codecs import CODECS
+
+    codec = str(_get(source, "BACKUP_COMPRESSION", "zstd")).lower()
+    spec = CODECS.get(codec)  # an unknown codec is the runtime's line (BACKUP_COMPRESSION)
+    if spec is not None and len(spec.levels) > 1 and level not in spec.levels:
+        raise ConfigError(
+            f"BACKUP_WAL_COMPRESSION_LEVEL {level} is out of range for {codec}; use "
+            f"{spec.levels.start}-{spec.levels.stop - 1}"
+        )
+    return level
 
 
 def _bool(source: Mapping[str, Any], name: str, default: bool) -> bool:
