@@ -216,6 +216,9 @@ class TaskSettings:
     #: The daily base backup's hour (UTC), or ``None``: scheduled only when WAL archiving is
     #: on (``BACKUP_WAL_ARCHIVING``), since a base backup without archived WAL restores nothing.
     base_backup_hour: int | None = None
+    #: The longest a base backup's own limits let it run (``BACKUP_BASE_BACKUP_TIMEOUT`` plus
+    #: ``BACKUP_WAL_CONFIRM_TIMEOUT``): its task's Celery limits come after, as the dump's do.
+    base_backup_seconds: float = 3600.0 + 60.0
 
 
 #: Seconds between pg_dump's deadline and the task's soft limit: the upload, manifests and row
@@ -498,6 +501,8 @@ def load_task_settings(source: Mapping[str, Any]) -> TaskSettings:
         drill_hour=_hour_or_off(source, "BACKUP_DRILL_SCHEDULE_HOUR", 6),
         drill_priority=_priority(source, max_priority, "BACKUP_DRILL_TASK_PRIORITY", 5),
         base_backup_hour=_base_backup_hour(source),
+        base_backup_seconds=_number(source, "BACKUP_BASE_BACKUP_TIMEOUT", 3600.0)
+        + _number(source, "BACKUP_WAL_CONFIRM_TIMEOUT", 60.0),
     )
 
 
