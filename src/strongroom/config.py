@@ -229,7 +229,7 @@ HARD_LIMIT_MARGIN = 300.0
 
 #: zstd's level for WAL files unless ``BACKUP_WAL_COMPRESSION_LEVEL`` says otherwise: wal-push
 #: runs while PostgreSQL waits and is CPU-bound under a write burst, and a segment compresses
-#: nearly as well at 1 as at 3 for much less CPU (docs/benchmarks.md, the WAL notes).
+#: to within a few percent at 1 of its size at 3 for a third less CPU (docs/benchmarks.md).
 WAL_ZSTD_LEVEL = 1
 
 
