@@ -90,6 +90,7 @@ GENERAL_SETTINGS = (
     "BACKUP_WAL_SPOOL_DIR",
     "BACKUP_WAL_PUSH_PARALLEL",
     "BACKUP_WAL_PUSH_AHEAD",
+    "BACKUP_WAL_COMPRESSION_LEVEL",
     "BACKUP_WAL_OPTIONAL_TIMEOUT",
     "BACKUP_WAL_SKIP_DOWN_SECONDS",
     "BACKUP_WAL_PREFETCH",
@@ -142,6 +143,7 @@ NUMBERS: dict[str, Number] = {
     "BACKUP_WAL_CONFIRM_TIMEOUT": seconds(high=24 * 3600),
     "BACKUP_WAL_PUSH_PARALLEL": whole(1, 64),
     "BACKUP_WAL_PUSH_AHEAD": whole(0, 1024),
+    "BACKUP_WAL_COMPRESSION_LEVEL": whole(1, 22, "a compression level"),  # gzip: 1-9
     "BACKUP_WAL_OPTIONAL_TIMEOUT": seconds(high=24 * 3600),
     "BACKUP_WAL_SKIP_DOWN_SECONDS": _BACKOFF,
     "BACKUP_WAL_PREFETCH": whole(0, 64),
@@ -217,12 +219,21 @@ class TaskSettings:
     #: The daily base backup's hour (UTC), or ``None``: scheduled only when WAL archiving is
     #: on (``BACKUP_WAL_ARCHIVING``), since a base backup without archived WAL restores nothing.
     base_backup_hour: int | None = None
+    #: The longest a base backup's own limits let it run (``BACKUP_BASE_BACKUP_TIMEOUT`` plus
+    #: ``BACKUP_WAL_CONFIRM_TIMEOUT``): its task's Celery limits come after, as the dump's do.
+    base_backup_seconds: float = 3600.0 + 60.0
 
 
 #: Seconds between pg_dump's deadline and the task's soft limit: the upload, manifests and row
 #: counts finish in that time; between the soft and the hard limit the run records FAILED.
 SOFT_LIMIT_MARGIN = 900.0
 HARD_LIMIT_MARGIN = 300.0
+
+
+#: zstd's level for WAL files unless ``BACKUP_WAL_COMPRESSION_LEVEL`` says otherwise: wal-push
+#: runs while PostgreSQL waits and is CPU-bound under a write burst, and a segment compresses
+#: to within a few percent at 1 of its size at 3 for a third less CPU (docs/benchmarks.md).
+WAL_ZSTD_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -247,6 +258,10 @@ class WalSettings:
     fetch_retries: int = 3
     #: ``check`` fails when the last archived segment is older while WAL waits.
     max_age_seconds: float = 3600.0
+    #: The codec's level for WAL files (``None``: :data:`WAL_ZSTD_LEVEL` for zstd, else the
+    #: backup's ``BACKUP_COMPRESSION_LEVEL``; no compression has no level); each file's
+    #: manifest records the one used.
+    compression_level: int | None = None
 
 
 @dataclass(frozen=True)
@@ -428,6 +443,7 @@ def load_wal_settings(source: Mapping[str, Any]) -> WalSettings:
         prefetch=_number(source, "BACKUP_WAL_PREFETCH", defaults.prefetch),
         fetch_retries=_number(source, "BACKUP_WAL_FETCH_RETRIES", defaults.fetch_retries),
         max_age_seconds=_number(source, "BACKUP_WAL_MAX_AGE_SECONDS", defaults.max_age_seconds),
+        compression_level=_wal_level(source),
     )
 
 
@@ -437,6 +453,27 @@ def _optional_bool(source: Mapping[str, Any], name: str) -> bool | None:
     if value is None or value == "":
         return None
     return _bool(source, name, False)
+
+
+def _wal_level(source: Mapping[str, Any]) -> int | None:
+    """``BACKUP_WAL_COMPRESSION_LEVEL`` (zstd 1-22, gzip 1-9, ignored with no compression).
+
+    Checked here, not when the first segment is pushed: a bad level found by ``archive_command``
+    would hold WAL on the server until someone reads its log.
+    """
+    level: int | None = _number(source, "BACKUP_WAL_COMPRESSION_LEVEL", None)
+    if level is None:
+        return None
+    from strongroom.core.codecs import CODECS
+
+    codec = str(_get(source, "BACKUP_COMPRESSION", "zstd")).lower()
+    spec = CODECS.get(codec)  # an unknown codec is the runtime's line (BACKUP_COMPRESSION)
+    if spec is not None and len(spec.levels) > 1 and level not in spec.levels:
+        raise ConfigError(
+            f"BACKUP_WAL_COMPRESSION_LEVEL {level} is out of range for {codec}; use "
+            f"{spec.levels.start}-{spec.levels.stop - 1}"
+        )
+    return level
 
 
 def _bool(source: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -481,6 +518,8 @@ def load_task_settings(source: Mapping[str, Any]) -> TaskSettings:
         drill_hour=_hour_or_off(source, "BACKUP_DRILL_SCHEDULE_HOUR", 6),
         drill_priority=_priority(source, max_priority, "BACKUP_DRILL_TASK_PRIORITY", 5),
         base_backup_hour=_base_backup_hour(source),
+        base_backup_seconds=_number(source, "BACKUP_BASE_BACKUP_TIMEOUT", 3600.0)
+        + _number(source, "BACKUP_WAL_CONFIRM_TIMEOUT", 60.0),
     )
 
 

@@ -27,7 +27,13 @@ from celery import Celery
 from celery.schedules import crontab
 from kombu import Queue
 
-from strongroom.config import TaskSettings, environment, load_task_settings
+from strongroom.config import (
+    HARD_LIMIT_MARGIN,
+    SOFT_LIMIT_MARGIN,
+    TaskSettings,
+    environment,
+    load_task_settings,
+)
 from strongroom.errors import StrongroomError
 
 BACKUP_TASK = "strongroom.tasks.daily_full_database_backup"
@@ -264,7 +270,20 @@ def time_limits(ts: TaskSettings) -> dict[str, dict[str, float | int]]:
         "default_retry_delay": ts.retry_backoff,
     }
     tasks = (BACKUP_TASK, VERIFY_TASK, PRUNE_TASK, HEAL_TASK, TENANT_TASK, DRILL_TASK)
-    return {name: dict(limits) for name in tasks}
+    annotations = {name: dict(limits) for name in tasks}
+    soft, hard = base_backup_limits(ts)
+    annotations[BASE_BACKUP_TASK] = {**limits, "soft_time_limit": soft, "time_limit": hard}
+    return annotations
+
+
+def base_backup_limits(ts: TaskSettings) -> tuple[float, float]:
+    """The base backup task's soft and hard limits: after its own timeouts, as the dump's are.
+
+    pg_basebackup's timeout and the wait for its WAL fire first and are recorded; Celery's
+    limits only stop a run those could not (the same margins as the dump's, never shorter).
+    """
+    soft = max(ts.soft_time_limit, ts.base_backup_seconds + SOFT_LIMIT_MARGIN)
+    return soft, max(ts.time_limit, soft + HARD_LIMIT_MARGIN)
 
 
 def celery_settings(ts: TaskSettings) -> dict[str, Any]:
@@ -302,7 +321,7 @@ def transport_options(
     if broker_kind(broker_url) == "redis":
         options.setdefault("priority_steps", list(range(REDIS_MAX_PRIORITY + 1)))
         options.setdefault("sep", ":")
-        needed = ts.time_limit + VISIBILITY_MARGIN
+        needed = max(ts.time_limit, base_backup_limits(ts)[1]) + VISIBILITY_MARGIN
         options["visibility_timeout"] = max(float(options.get("visibility_timeout", 0)), needed)
     return options
 

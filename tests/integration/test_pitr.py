@@ -5,8 +5,10 @@ One cluster for the module, ``archive_mode = on`` with ``strongroom wal-push`` a
 and B2. The scenario is the issue's: data, base backup, batch A, a noted time, batch B, then
 ``pitr-restore`` into new directories, each started on its own port as the server's OS user: to
 the time (A present, B absent, every table equal to the source at that time), to a restore
-point's name, and to the end of the archive. Every server started here is stopped by pid file
-(``pg_ctl stop``) even when an assertion fails.
+point's name, to an LSN, and to the end of the archive. Every server started here is stopped by
+pid file (``pg_ctl stop``) even when an assertion fails. Last, the daily base backup's beat entry
+is sent by a real ``celery beat`` and taken by a real worker (test_celery's process fixtures,
+Redis as the broker) against this same cluster.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,11 +29,15 @@ from typing import Any
 
 import psycopg
 import pytest
+import test_celery
+from test_celery import Celeryd
 
+from strongroom import schedule
 from strongroom.catalog import bootstrap, store
 from strongroom.config import load_config
 from strongroom.core import crypto
 from strongroom.core.manifest import Manifest, manifest_key_for
+from strongroom.core.wal import parse_lsn
 from strongroom.errors import ExitCode
 from strongroom.interfaces.cli import main
 from strongroom.sandbox.demo_data import table_digests
@@ -45,6 +51,10 @@ from strongroom.services.verify import verify_backup
 from strongroom.services.wal_verify import verify_wal
 
 pytestmark = pytest.mark.integration
+#: test_celery's fixtures under this module's names: real worker and beat processes (all killed
+#: at the end), and a logical database of the session's Redis for their broker.
+celery_processes = test_celery.celeryd
+celery_broker_url = test_celery.redis_url
 
 SERVER_USER = "postgres"
 LOCATIONS = ("local", "r2", "b2")
@@ -180,6 +190,9 @@ def history(source: Source) -> Source:
     source.sql("INSERT INTO orders (tenant, batch) SELECT g % 3, 'A' FROM generate_series(1, 40) g")
     source.sql("UPDATE notes SET body = 'A' WHERE id <= 10")
     source.marks["at_a"] = table_digests(source.pg.url("shop"))
+    # The end of A's commit record: the insert position, since with synchronous_commit = off
+    # (the sandbox's) pg_current_wal_lsn(), the write position, may not have reached it yet.
+    source.marks["lsn"] = str(source.sql("SELECT pg_current_wal_insert_lsn()")[0][0])
     time.sleep(1.1)
     source.marks["time"] = datetime.now(UTC)
     time.sleep(1.1)
@@ -331,6 +344,34 @@ def test_pitr_to_a_time_has_batch_a_and_not_batch_b(
     history.marks["rto"] = (doc["measured_seconds"], doc["replay_seconds"])
 
 
+def test_pitr_to_an_lsn_has_batch_a_and_not_batch_b(
+    history: Source, restored_dirs: list[Restored], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lsn = history.marks["lsn"]
+    server, doc = _pitr(history, restored_dirs, capsys, "--target-lsn", lsn)
+    assert doc["id"] == history.marks["backup"].id and doc["target"] == f"lsn {lsn}"
+    auto = (server.pgdata / "postgresql.auto.conf").read_text()
+    assert f"recovery_target_lsn = '{lsn}'" in auto
+    assert table_digests(server.url()) == history.marks["at_a"]
+    with psycopg.connect(server.url()) as conn:
+        batches = dict(conn.execute("SELECT batch, count(*) FROM orders GROUP BY 1").fetchall())
+    assert batches == {"base": 300, "A": 40}
+
+
+def test_an_lsn_before_every_base_backup_is_refused_with_one_line(
+    history: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stop = history.marks["backup"]
+    capsys.readouterr()
+    code = _main(history, "pitr-restore", "--pgdata", str(tmp_path / "new"), "--target-lsn", "0/10")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == ExitCode.CONFIG
+    assert len(err) == 1, err
+    assert err[0].startswith("strongroom: error: no base backup ended before lsn 0/10 ")
+    assert f"(the oldest, {stop.id}, stopped at LSN " in err[0]
+    assert not (tmp_path / "new").exists()
+
+
 def test_pitr_to_a_restore_point_with_no_catalog_and_one_location(
     history: Source, restored_dirs: list[Restored], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -408,3 +449,83 @@ def test_a_base_backup_stuck_on_a_failing_archive_command_is_stopped_in_time(
     for loc in history.runtime().locations:
         assert not [i.key for i in loc.list(f"{history.scope}/base/") if failed.id in i.key]
     history.switch_and_wait()  # archiving resumes where it stopped
+
+
+# -- the daily base backup, sent by a real beat, taken by a real worker -------------------------
+
+
+def _beat_entries(schedule_file: Path) -> dict[str, Any]:
+    import shelve
+
+    with shelve.open(str(schedule_file)) as beat_store:
+        return dict(beat_store["entries"])
+
+
+def _age_entry(schedule_file: Path, name: str, days: float) -> None:
+    """Pretend the entry last ran ``days`` ago (the beat host was down): it is due at once."""
+    import shelve
+    from datetime import timedelta
+
+    with shelve.open(str(schedule_file), writeback=True) as beat_store:
+        beat_store["entries"][name].last_run_at = datetime.now(UTC) - timedelta(days=days)
+
+
+def _log(runner: Celeryd) -> str:
+    return "no base backup finished; worker log:\n" + runner.procs[-2].output()[-3000:]
+
+
+def _first_tick(runner: Celeryd, name: str, schedule_file: Path) -> dict[str, Any]:
+    """One beat run until its schedule file is written; the entries it holds."""
+    beat = runner.beat(name, schedule_file)
+    beat.wait_for("beat: Waking up", timeout=30)
+    beat.stop()
+    return _beat_entries(schedule_file)
+
+
+def test_the_daily_base_backup_runs_from_beat_on_a_worker_only_with_archiving_on(
+    history: Source,
+    celery_processes: Callable[..., Celeryd],
+    celery_broker_url: str,
+    tmp_path: Path,
+) -> None:
+    from celery.schedules import crontab
+
+    broker = {"CELERY_BROKER_URL": celery_broker_url, "CELERY_RESULT_BACKEND": celery_broker_url}
+    env = {**history.settings, **broker}
+    beat_file = tmp_path / "beat-schedule"
+    off = _first_tick(celery_processes(env), "beat-off", beat_file)
+    assert schedule.ENTRY_NAME in off and schedule.BASE_BACKUP_ENTRY not in off
+
+    runner = celery_processes({**env, "BACKUP_WAL_ARCHIVING": "on"})
+    entry = _first_tick(runner, "beat-on", beat_file)[schedule.BASE_BACKUP_ENTRY]
+    assert entry.task == schedule.BASE_BACKUP_TASK
+    assert entry.schedule == crontab(hour=1, minute=0)
+    assert entry.options == {"queue": "backups", "priority": 10}
+    before = {b.id for b in store.list_backups(history.scope, None)}
+    _age_entry(beat_file, schedule.BASE_BACKUP_ENTRY, days=2)
+    runner.worker("base-worker")
+    beat = runner.beat("beat-due", beat_file)
+    beat.wait_for(f"Sending due task {schedule.BASE_BACKUP_ENTRY}", timeout=30)
+    deadline = time.monotonic() + 180
+    while True:
+        new = [b for b in store.list_backups(history.scope, None) if b.id not in before]
+        if new and new[0].status not in ("IN_PROGRESS", "PENDING"):
+            break
+        assert time.monotonic() < deadline, _log(runner)
+        time.sleep(0.5)
+    beat.stop()
+    (record,) = new  # one entry sent, one backup taken (not also the full backup's entry)
+    assert record.backup_type == "BASE_BACKUP" and record.status == "COMPLETED", record.error
+    assert record.backup_job_id  # the worker's task id: it came through the broker
+    meta = record.metadata
+    rt = history.runtime()
+    for loc in rt.locations:
+        copy = store.get_copy(record.id, loc.name)
+        manifest = Manifest.from_document(loc.get_bytes(manifest_key_for(copy.key)), rt.keyring)
+        assert manifest.kind == "base" and manifest.id == record.id
+        assert (manifest.extra["start_lsn"], manifest.extra["stop_lsn"]) == (
+            meta["start_lsn"],
+            meta["stop_lsn"],
+        )
+    previous = history.marks["backup"].id
+    assert parse_lsn(meta["start_lsn"]) > parse_lsn(store.get_backup(previous).metadata["stop_lsn"])

@@ -184,6 +184,7 @@ def test_the_archiver_stores_each_segment_in_every_location(
             ], location
             manifest = _manifest(archive, location, name)
             assert manifest.kind == "wal" and manifest.id == name
+            assert (manifest.codec, manifest.codec_level) == ("zstd", 1)  # the WAL's own level
             assert manifest.extra["plaintext_sha256"] == hashlib.sha256(plain).hexdigest()
             assert manifest.extra["system_identifier"] == archive.scope
             assert manifest.extra["timeline"] == 1 and manifest.raw_size == len(plain)
@@ -265,6 +266,38 @@ def test_wal_fetch_returns_the_segment_and_falls_back_past_a_corrupt_copy(
     assert again.returncode == 0, again.stderr
     assert (target / "AGAIN").read_bytes() == plain
     assert "from r2" in again.stderr and "local" in again.stderr
+
+
+def test_a_segment_pushed_at_another_level_is_fetched_back_whole_at_the_default(
+    archive: Archive, archived: list[str]
+) -> None:
+    """The level is the pusher's choice, recorded in the manifest; a reader needs none."""
+    name = archived[2]
+    plain = (archive.pg.wal_dir / name).read_bytes()
+    elsewhere = archive.base / f"level-{uuid.uuid4().hex[:6]}"
+    for sub in ("", "local", "spool"):
+        (elsewhere / sub).mkdir(exist_ok=True)
+        _give(elsewhere / sub, 0o700)
+    env = {
+        "STRONGROOM_PGDATA": str(archive.pg.data_dir),
+        "STRONGROOM_LOCATIONS": "local",
+        "BACKUP_LOCAL_PATH": str(elsewhere / "local"),
+        "BACKUP_WAL_SPOOL_DIR": str(elsewhere / "spool"),
+        "BACKUP_WAL_PREFETCH": "0",
+    }
+    pushed = archive.run(
+        "wal-push",
+        str(_scratch_copy(archive, name, None)),
+        env={**env, "BACKUP_WAL_COMPRESSION_LEVEL": "9"},
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    rt = archive.runtime(STRONGROOM_LOCATIONS="local", BACKUP_LOCAL_PATH=str(elsewhere / "local"))
+    key = f"{archive.scope}/wal/{name[:8]}/{name}.manifest.json"
+    manifest = Manifest.from_document(rt.location("local").get_bytes(key), rt.keyring)
+    assert (manifest.codec, manifest.codec_level) == ("zstd", 9)
+    got = archive.run("wal-fetch", name, str(elsewhere / "RECOVERYXLOG"), env=env)
+    assert got.returncode == 0, got.stderr
+    assert (elsewhere / "RECOVERYXLOG").read_bytes() == plain
 
 
 def test_wal_fetch_says_not_found_only_when_every_location_says_so(archive: Archive) -> None:

@@ -190,6 +190,12 @@ def test_the_newest_base_backup_that_ended_before_the_target_is_chosen() -> None
         pitr.choose_backup(both, at, "b")
     with pytest.raises(BackupNotFound, match="no base backup ended before"):
         pitr.choose_backup(both, recovery.target_time(t0 - timedelta(days=1)), None)
+    with pytest.raises(BackupNotFound, match=r"lsn 0/10 \(the oldest, a, stopped at LSN 0/3"):
+        pitr.choose_backup(both, recovery.RecoveryTarget("lsn", "0/10"), None)
+    # by LSN the WAL's order decides, not the clock (a later backup stamped by a slow clock)
+    behind = _candidate("c", t0 - timedelta(hours=1), "0/4000000")
+    lsn = recovery.RecoveryTarget("lsn", "0/5000000")
+    assert pitr.choose_backup([behind, older, newer], lsn, None) is behind
     with pytest.raises(BackupNotFound, match="base backup zz not found"):
         pitr.choose_backup(both, at, "zz")
     with pytest.raises(ConfigError, match="--backup ID"):

@@ -168,6 +168,21 @@ def test_time_limits_follow_the_pg_dump_timeout() -> None:
         )
 
 
+def test_the_base_backup_task_is_limited_after_its_own_timeouts() -> None:
+    default = load_task_settings({})
+    limits = schedule.time_limits(default)[schedule.BASE_BACKUP_TASK]
+    assert limits["max_retries"] == default.max_retries  # a lost worker is retried a bounded time
+    assert 3600 + 60 < limits["soft_time_limit"] < limits["time_limit"]
+    long = load_task_settings(
+        {"BACKUP_BASE_BACKUP_TIMEOUT": "20000", "BACKUP_WAL_CONFIRM_TIMEOUT": "600"}
+    )
+    soft, hard = schedule.base_backup_limits(long)
+    assert 20600 < soft < hard and long.soft_time_limit < 20600  # the dump's stay as they are
+    assert schedule.time_limits(long)[schedule.BACKUP_TASK]["time_limit"] == long.time_limit
+    options = schedule.transport_options(long, "redis://h/0", None)
+    assert options["visibility_timeout"] > hard  # Redis never hands a running one to another
+
+
 def test_redis_transport_options_cover_priority_and_long_backups() -> None:
     ts = load_task_settings({})
     opts = schedule.transport_options(ts, "redis://h/0", {"visibility_timeout": 60, "sep": "#"})
@@ -257,3 +272,6 @@ def test_tasks_are_late_acked_with_time_limits_from_the_settings() -> None:
         assert task.retry_on_worker_lost is True
         assert task.max_retries == ts.max_retries
         assert 120 < task.soft_time_limit == ts.soft_time_limit < task.time_limit == ts.time_limit
+    base = app.tasks[schedule.BASE_BACKUP_TASK]  # its own limits, after pg_basebackup's timeout
+    assert base.acks_late is True and base.max_retries == ts.max_retries
+    assert (base.soft_time_limit, base.time_limit) == schedule.base_backup_limits(ts)

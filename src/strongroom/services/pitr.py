@@ -213,7 +213,11 @@ def _is_base_manifest(key: str) -> bool:
 def choose_backup(
     candidates: list[BaseCandidate], target: RecoveryTarget, backup_id: str | None
 ) -> BaseCandidate:
-    """``backup_id``, else the newest base backup that ended before the target."""
+    """``backup_id``, else the newest base backup that ended before the target.
+
+    For an LSN target that is the highest stop LSN at or below it (replay from a base backup
+    can start only once its stop LSN is reached); for a time, the latest end before it.
+    """
     if backup_id:
         for c in candidates:
             if c.manifest.id == backup_id:
@@ -229,12 +233,19 @@ def choose_backup(
             f"base backups of {len(scopes)} clusters are stored (system identifiers "
             f"{', '.join(scopes)}): pick one with --backup ID"
         )
+    if target.kind == "lsn":  # the WAL's order, not the clock's: the highest stop LSN wins
+        candidates = sorted(candidates, key=lambda c: (c.stop_lsn, c.manifest.finished_at))
     usable = [c for c in candidates if _before(c, target)]
     if not usable:
         oldest = candidates[0].manifest
+        ended = (
+            f"stopped at LSN {oldest.extra.get('stop_lsn', '?')}"
+            if target.kind == "lsn"
+            else f"ended {oldest.to_dict()['finished_at']}"
+        )
         raise BackupNotFound(
-            f"no base backup ended before {target.describe()} (the oldest, {oldest.id}, ended "
-            f"{oldest.to_dict()['finished_at']}): pick a later target"
+            f"no base backup ended before {target.describe()} (the oldest, {oldest.id}, "
+            f"{ended}): pick a later target"
         )
     return usable[-1]
 

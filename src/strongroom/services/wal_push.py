@@ -22,6 +22,7 @@ compared with the record and the call returns at once. Nothing is ever dropped t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -32,8 +33,9 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from strongroom.config import Config
+from strongroom.config import WAL_ZSTD_LEVEL, Config
 from strongroom.core import deadline, wal
+from strongroom.core.codecs import Codec, get_codec
 from strongroom.core.manifest import Manifest
 from strongroom.core.pipeline import StreamResult
 from strongroom.core.storage.base import Location
@@ -82,7 +84,7 @@ def push_wal(config: Config, path: str) -> PushReport:
         wal.parse_name(file.name)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    runtime = Runtime.build(config)
+    runtime = dataclasses.replace(Runtime.build(config), codec=wal_codec(config))
     pusher = _Pusher(runtime, cluster_scope(data_dir_of(config, file)))
     ahead = _ready_ahead(file, pusher.spool, config.wal.push_ahead)
     with ThreadPoolExecutor(max_workers=config.wal.push_parallel) as pool:
@@ -91,6 +93,22 @@ def push_wal(config: Config, path: str) -> PushReport:
         report = PushReport(asked.result())
         _collect(report, others)
     return report
+
+
+def wal_codec(config: Config) -> Codec:
+    """The backup's codec at the WAL's level (``BACKUP_WAL_COMPRESSION_LEVEL``; zstd: 1).
+
+    Only the level differs from the backup's: the object's name and every reader stay the same,
+    and readers take the level from each file's manifest, so files pushed at other levels are
+    fetched, verified and healed as before.
+    """
+    codec = config.codec.strip().lower()
+    level = config.wal.compression_level
+    if codec == "none":
+        level = config.codec_level
+    elif level is None:
+        level = WAL_ZSTD_LEVEL if codec == "zstd" else config.codec_level
+    return get_codec(config.codec, level, config.codec_threads)
 
 
 def _collect(report: PushReport, others: dict[str, Future[Pushed]]) -> None:
