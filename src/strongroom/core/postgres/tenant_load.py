@@ -60,6 +60,10 @@ log = logging.getLogger("strongroom.tenant_restore")
 
 #: Local buffers for the staging tables: the default 8 MB would send a big tenant to disk twice.
 TEMP_BUFFERS = "256MB"
+#: Memory for each sort and hash of the write (this transaction only): the inserts sorted by a
+#: parent's key and the joins of the staged rows with the tenant's current ones hold a big
+#: tenant's rows in memory instead of spilling them to temporary files at the default 4 MB.
+WORK_MEM = "128MB"
 _FORMATS = {"binary": sql.SQL("binary"), "text": sql.SQL("text")}
 _NOTHING = "nothing was changed"
 
@@ -108,6 +112,7 @@ class _Load:
     def run(self) -> dict[str, int]:
         if not self.empty:
             self.conn.execute(sql.SQL("SET temp_buffers = {}").format(sql.Literal(TEMP_BUFFERS)))
+            self.conn.execute("SELECT set_config('work_mem', %s, true)", (WORK_MEM,))
         self.conn.execute("SELECT set_config(%s, %s, true)", (self.scope.setting, self.tenant))
         if not self.empty:
             model = discover(self.conn, self.scope.table, self.scope.column)
