@@ -19,7 +19,8 @@ In order, in one transaction (READ COMMITTED):
    updated or inserted (parents first), else all of them are deleted and inserted; the tenant
    table's own row is upserted (``ON CONFLICT (key) DO UPDATE``), never deleted, so shared rows
    referencing it are not disturbed; inserts are ``OVERRIDING SYSTEM VALUE`` (identity and
-   serial values kept), one ``INSERT ... SELECT`` per table;
+   serial values kept), one ``INSERT ... SELECT`` per table, sorted by the key into the
+   table's largest parent, with ``work_mem`` raised for this transaction only;
 5. sequences are moved forward past the restored values, never backwards.
 
 Any error rolls everything back (the temporary tables go with it) and is one line naming the

@@ -12,6 +12,10 @@ and the tenant table's own row upserted, never deleted (shared rows may referenc
 * **everything**: the tenant's rows deleted children first, the staged ones inserted parents
   first, one ``INSERT ... SELECT`` each.
 
+Either way each table's rows go in sorted by the key into its largest parent
+(:func:`insert_orders`): every inserted row pays one foreign-key check per parent, and sorted
+rows find their parents where the previous row's check just looked.
+
 The changes are tried first inside a savepoint and each table is then proven equal to the
 staged rows (a full join on the key, contents compared byte for byte); a constraint they trip
 over in passing (a unique value moving between two rows, a deleted parent its current child
