@@ -1,6 +1,7 @@
 """One tenant's backup and restore against the full backup and restore of the same database.
 
     .venv/bin/python bench/tenant_run.py --size-gb 1 [--repeats 3] [--out docs/benchmarks.md]
+        [--incident 0.5] [--reference /path/to/other/checkout]
 
 It starts a throwaway PostgreSQL cluster, fills the RLS-forced demo shop to ``--size-gb`` GiB
 with ten tenants of equal size (each about 10% of the rows), and then measures, round by round
@@ -13,6 +14,11 @@ so machine noise hits every candidate alike, each as the CLI in a subprocess, to
   replaced in place, in the live database with every other tenant;
 * ``strongroom tenant restore <full backup> --tenant T --target shop --replace``: the same
   tenant taken out of the nightly full backup (extraction).
+
+The incident each tenant restore undoes is ``--incident`` of the tenant's sales deleted (their
+lines with them, by cascade) and every customer of it changed. With ``--reference`` (another
+checkout with its own ``.venv``, e.g. the main branch) both tenant restores are also run, in the
+same rounds, by that checkout's CLI: the previous code measured in the same machine state.
 
 Targets: tenant restore ≤ 0.25x the full restore, extraction ≤ 0.5x (ratios of medians within
 this invocation). Every run records its wall time, the CPU seconds of each program in its
@@ -67,6 +73,7 @@ TENANTS = 10
 #: Server statements at least this long are logged and summed per kind and table.
 LOG_MIN_MS = 100
 _DURATION = re.compile(r"duration: ([\d.]+) ms  (?:statement|execute [^:]*): (.*)")
+_TEMP_FILE = re.compile(r"temporary file: path \"[^\"]*\", size (\d+)")
 _KINDS = (
     ("CREATE INDEX", re.compile(r"CREATE (?:UNIQUE )?INDEX \S+ ON (?:ONLY )?(\S+)")),
     ("ADD CONSTRAINT", re.compile(r"ALTER TABLE (?:ONLY )?(\S+)")),
@@ -89,6 +96,16 @@ STEPS: dict[str, tuple[str, str, float | None]] = {
         "full_restore",
         0.5,
     ),
+    "tenant_restore_ref": (
+        "reference: strongroom tenant restore <tenant backup> --replace",
+        "full_restore",
+        None,
+    ),
+    "extract_restore_ref": (
+        "reference: strongroom tenant restore <full backup> --tenant T --replace",
+        "full_restore",
+        None,
+    ),
 }
 PROGRAMS = ("strongroom", "pg_restore", "pg_dump")
 
@@ -101,7 +118,11 @@ class Results:
     info: dict[str, Any] = field(default_factory=dict)
 
     def add(self, name: str, run: Measured, report: dict[str, Any], bench: TenantBench) -> None:
-        report = {**report, "server_statements": bench.statements}
+        report = {
+            **report,
+            "server_statements": bench.statements,
+            "server_temp_file_bytes": bench.temp_bytes,
+        }
         self.runs.setdefault(name, []).append(run)
         self.reports.setdefault(name, []).append(report)
         cpu = ", ".join(f"{k} {v:.1f}" for k, v in cpu_split(run).items())
@@ -141,6 +162,11 @@ def statement_seconds(log_text: str) -> dict[str, float]:
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
+def temp_file_bytes(log_text: str) -> int:
+    """Bytes of the temporary files the server wrote (sorts and hashes past ``work_mem``)."""
+    return sum(int(m.group(1)) for m in _TEMP_FILE.finditer(log_text))
+
+
 def cpu_split(run: Measured) -> dict[str, float]:
     """CPU seconds of the command's programs by name, the rest of its tree, and the server."""
     by_name = run.cpu_by_name()
@@ -162,6 +188,9 @@ class TenantBench(Bench):
         super().__init__(cluster, None, work)  # type: ignore[arg-type]
         self.tenant = ""
         self.statements: dict[str, float] = {}
+        self.temp_bytes = 0
+        #: The share of the tenant's sales each incident deletes.
+        self.incident = 0.5
 
     def create(self, target: int) -> int:
         """run.py's database and backup role, which may also take the tables' owner role (the
@@ -201,12 +230,24 @@ class TenantBench(Bench):
         )
         return env
 
-    def cli(self, args: Sequence[str]) -> tuple[Measured, dict[str, Any]]:
-        return self.strongroom(args, "local")
+    def cli(
+        self, args: Sequence[str], checkout: Path | None = None
+    ) -> tuple[Measured, dict[str, Any]]:
+        """The CLI of this checkout, or of ``checkout`` (its own ``.venv``), storage ``local``."""
+        if checkout is None:
+            return self.strongroom(args, "local")
+        run = self._measure(
+            [str(checkout / ".venv" / "bin" / "strongroom"), *args, "--json", "--no-progress"],
+            env=self.strongroom_env("local"),
+            stdout_path=self.work / "strongroom.json",
+        ).check()
+        return run, json.loads(run.stdout)
 
     def log_statements(self) -> None:
-        """Log every server statement of ``LOG_MIN_MS`` or more, for the per-stage breakdown."""
+        """Log every server statement of ``LOG_MIN_MS`` or more, for the per-stage breakdown,
+        and every temporary file (a sort or hash that spilled past ``work_mem``)."""
         self.cluster.execute(f"ALTER SYSTEM SET log_min_duration_statement = {LOG_MIN_MS}")
+        self.cluster.execute("ALTER SYSTEM SET log_temp_files = 0")
         self.cluster.execute("SELECT pg_reload_conf()")
 
     def _measure(
@@ -217,7 +258,9 @@ class TenantBench(Bench):
         run = super()._measure(argv, env=env, stdout_path=stdout_path)
         with self.cluster.log_file.open("rb") as log_file:
             log_file.seek(offset)
-            self.statements = statement_seconds(log_file.read().decode("utf-8", "replace"))
+            text = log_file.read().decode("utf-8", "replace")
+        self.statements = statement_seconds(text)
+        self.temp_bytes = temp_file_bytes(text)
         return run
 
     def tenant_share(self) -> dict[str, Any]:
@@ -252,13 +295,14 @@ class TenantBench(Bench):
             return {str(t): str(d) for t, d in conn.execute(query).fetchall()}
 
     def spoil_tenant(self) -> None:
-        """What the restore undoes: half the tenant's sales deleted, the rest changed."""
+        """What the restore undoes: ``incident`` of the tenant's sales deleted (their lines by
+        cascade), its customers changed."""
         with psycopg.connect(self.cluster.url(DB), autocommit=True) as conn:
             conn.execute(
                 "DELETE FROM sales WHERE tenant_id = %s AND id IN (SELECT id FROM sales WHERE"
-                " tenant_id = %s ORDER BY id LIMIT (SELECT count(*) / 2 FROM sales WHERE"
-                " tenant_id = %s))",
-                (self.tenant, self.tenant, self.tenant),
+                " tenant_id = %s ORDER BY id LIMIT (SELECT (count(*) * %s)::bigint FROM sales"
+                " WHERE tenant_id = %s))",
+                (self.tenant, self.tenant, self.incident, self.tenant),
             )
             conn.execute(
                 "UPDATE customers SET loyalty_points = 0 WHERE tenant_id = %s", (self.tenant,)
@@ -267,15 +311,25 @@ class TenantBench(Bench):
 
 #: The demo's tenant tables, parents first, with their key.
 CHILD_TABLES = ("customers", "inventory_items", "sales", "sale_items")
+#: The probe's ways (``replace all``, what the loader did before it wrote only the changes, was
+#: measured and dropped: docs/benchmarks.md's notes keep its numbers).
+PROBE_WAYS = (
+    "diff",
+    "sale_items only, into the table",
+    "sale_items only, into the table, ordered by sale_id",
+    "sale_items only, into a copy without foreign keys",
+)
 
 
 def probe_replace(bench: TenantBench, rounds: int) -> dict[str, list[dict[str, float]]]:
-    """What replacing a spoiled tenant costs the server, two ways, each rolled back.
+    """What replacing a spoiled tenant costs the server, each way rolled back.
 
-    ``replace all`` is what a loader that deletes the tenant's rows and inserts the backup's
-    does; ``diff`` deletes only rows the backup lacks, inserts only rows the target lacks and
-    updates only rows that differ, each one set-based statement per table. The backup's rows
-    stand in as unlogged copies taken before the spoiling (the loader's staged tables).
+    ``diff`` deletes only rows the backup lacks, inserts only rows the target lacks and updates
+    only rows that differ, each one set-based statement per table (the loader's way); the
+    ``sale_items only`` ways isolate the largest table's insert: as staged, sorted by the key
+    of its largest parent (as the loader sorts it), and into a copy without foreign keys. The
+    backup's rows stand in as unlogged copies taken before the spoiling (the loader's staged
+    tables).
     """
     tables = CHILD_TABLES
     with psycopg.connect(bench.cluster.url(DB), autocommit=True) as conn:
@@ -288,12 +342,7 @@ def probe_replace(bench: TenantBench, rounds: int) -> dict[str, list[dict[str, f
             )
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(f"probe_{t}")))
     bench.spoil_tenant()
-    found: dict[str, list[dict[str, float]]] = {
-        "replace all": [],
-        "diff": [],
-        "sale_items only, into the table": [],
-        "sale_items only, into a copy without foreign keys": [],
-    }
+    found: dict[str, list[dict[str, float]]] = {way: [] for way in PROBE_WAYS}
     for _ in range(rounds):
         for way in found:
             found[way].append(_probe_once(bench, way, tables))
@@ -322,34 +371,27 @@ def _probe_statements(way: str, tables: Sequence[str]) -> list[sql.SQL | sql.Com
     mine = sql.SQL("tenant_id = %(t)s")
     for t in reversed(tables):  # children first
         table, kept = sql.Identifier(t), sql.Identifier(f"probe_{t}")
-        if way == "replace all":
-            out.append(sql.SQL("DELETE FROM {} WHERE {}").format(table, mine))
-        else:
-            out.append(
-                sql.SQL(
-                    "DELETE FROM {} x WHERE {}"
-                    " AND NOT EXISTS (SELECT 1 FROM {} k WHERE k.id = x.id)"
-                ).format(table, mine, kept)
-            )
+        out.append(
+            sql.SQL(
+                "DELETE FROM {} x WHERE {} AND NOT EXISTS (SELECT 1 FROM {} k WHERE k.id = x.id)"
+            ).format(table, mine, kept)
+        )
     for t in tables:  # parents first
         table, kept = sql.Identifier(t), sql.Identifier(f"probe_{t}")
-        if way == "replace all":
-            out.append(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(table, kept))
-        else:
-            out.append(
-                sql.SQL(
-                    "INSERT INTO {} SELECT k.* FROM {} k"
-                    " WHERE NOT EXISTS (SELECT 1 FROM {} x WHERE x.id = k.id)"
-                ).format(table, kept, table)
-            )
-    if way == "diff":
-        for t in tables:
-            out.append(_probe_update(t))
+        out.append(
+            sql.SQL(
+                "INSERT INTO {} SELECT k.* FROM {} k"
+                " WHERE NOT EXISTS (SELECT 1 FROM {} x WHERE x.id = k.id)"
+            ).format(table, kept, table)
+        )
+    for t in tables:
+        out.append(_probe_update(t))
     return out
 
 
 def _probe_foreign_keys(way: str) -> list[sql.SQL | sql.Composed]:
-    """The tenant's sale_items inserted with their three foreign-key checks, and without.
+    """The tenant's sale_items inserted with their three foreign-key checks (as staged, or
+    sorted by ``sale_id``), and without.
 
     Both first put the spoiled sales back (the same work in each). The copy (``LIKE ...
     INCLUDING INDEXES``) has the same four indexes but starts empty, so its index upkeep is
@@ -360,11 +402,12 @@ def _probe_foreign_keys(way: str) -> list[sql.SQL | sql.Composed]:
         " WHERE NOT EXISTS (SELECT 1 FROM sales x WHERE x.id = k.id)"
     )
     delete = sql.SQL("DELETE FROM sale_items WHERE tenant_id = %(t)s")
-    if way.endswith("into the table"):
+    if "into the table" in way:
+        ordered = " ORDER BY sale_id" if way.endswith("ordered by sale_id") else ""
         return [
             sales_back,
             delete,
-            sql.SQL("INSERT INTO sale_items SELECT * FROM probe_sale_items"),
+            sql.SQL("INSERT INTO sale_items SELECT * FROM probe_sale_items" + ordered),
         ]
     return [
         sales_back,
@@ -390,10 +433,15 @@ def _probe_update(t: str) -> sql.Composed:
     ).format(sql.Identifier(t), sets, sql.Identifier(f"probe_{t}"))
 
 
-def tenant_restore(bench: TenantBench, args: Sequence[str], before: Mapping[str, str]) -> Any:
+def tenant_restore(
+    bench: TenantBench,
+    args: Sequence[str],
+    before: Mapping[str, str],
+    checkout: Path | None = None,
+) -> Any:
     bench.spoil_tenant()
     run, doc = bench.cli(
-        ["tenant", "restore", *args, "--target", bench.cluster.url(DB), "--replace"]
+        ["tenant", "restore", *args, "--target", bench.cluster.url(DB), "--replace"], checkout
     )
     if doc.get("status") != "RESTORED":
         raise RuntimeError(f"tenant restore {' '.join(args)}: {doc.get('status')}")
@@ -404,7 +452,9 @@ def tenant_restore(bench: TenantBench, args: Sequence[str], before: Mapping[str,
     return run, doc
 
 
-def measure_all(bench: TenantBench, repeats: int, probe: bool) -> Results:
+def measure_all(
+    bench: TenantBench, repeats: int, probe: bool, reference: Path | None = None
+) -> Results:
     result = Results(bench.db_size())
     bench.dump_floor()  # warm-up, not counted
     before = bench.digests()
@@ -437,6 +487,12 @@ def measure_all(bench: TenantBench, repeats: int, probe: bool) -> Results:
         result.add("tenant_restore", run, doc, bench)
         run, doc = tenant_restore(bench, [full["id"], "--tenant", bench.tenant], before)
         result.add("extract_restore", run, doc, bench)
+        if reference is not None:
+            run, doc = tenant_restore(bench, [tb["id"]], before, reference)
+            result.add("tenant_restore_ref", run, doc, bench)
+            extract = [full["id"], "--tenant", bench.tenant]
+            run, doc = tenant_restore(bench, extract, before, reference)
+            result.add("extract_restore_ref", run, doc, bench)
     if probe:
         log("probe: replacing the spoiled tenant, all rows against only the differences")
         result.info["probe"] = probe_replace(bench, 2)
@@ -490,8 +546,9 @@ def stage_lines(result: Results) -> list[str]:
 def statement_lines(result: Results) -> list[str]:
     """Where the server's time went: logged statements, median seconds per run, largest first."""
     lines = [
-        f"| measurement | server statements of ≥ {LOG_MIN_MS} ms (median s per run) |",
-        "|---|---|",
+        f"| measurement | server statements of ≥ {LOG_MIN_MS} ms (median s per run) "
+        "| temporary files (median MB per run) |",
+        "|---|---|---:|",
     ]
     for name, (label, _, _) in STEPS.items():
         runs = [r.get("server_statements") or {} for r in result.reports.get(name, [])]
@@ -499,9 +556,12 @@ def statement_lines(result: Results) -> list[str]:
         medians = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
         top = sorted(medians.items(), key=lambda kv: -kv[1])
         shown = [f"{k} {v:.1f}" for k, v in top if v >= 0.2][:8]
+        reports = result.reports.get(name, [])
+        spilled = [float(r.get("server_temp_file_bytes") or 0) for r in reports]
         if shown:
             total = sum(medians.values())
-            lines.append(f"| {label} | {', '.join(shown)} (all logged: {total:.1f}) |")
+            temp = statistics.median(spilled) / 1e6 if spilled else 0.0
+            lines.append(f"| {label} | {', '.join(shown)} (all logged: {total:.1f}) | {temp:.0f} |")
     return lines
 
 
@@ -543,8 +603,14 @@ def section(result: Results, info: Mapping[str, Any], command: str) -> str:
         f"{info['loadavg_end'][0]:.2f} at the end): wall times are noisy, the CPU seconds are "
         "the steadier measure. Each run is the CLI as a subprocess, storage `local`; rounds "
         "alternate full backup, full restore into a new database, tenant backup, tenant restore "
-        "in place, extraction from the full backup. Before each tenant restore the tenant is "
-        "spoiled (half its sales deleted, its customers changed); after it, every tenant's "
+        "in place, extraction from the full backup"
+        + (
+            f", then both tenant restores again by the reference checkout `{info['reference']}`"
+            if info.get("reference")
+            else ""
+        )
+        + f". Before each tenant restore the tenant is spoiled ({info['incident']:.0%} of its "
+        "sales deleted with their lines, its customers changed); after it, every tenant's "
         "digest equals the one taken before the rounds.",
         "",
         *table_lines(result),
@@ -606,6 +672,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="rounds (default 3)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-probe", action="store_true", help="skip the replace-all/diff probe")
+    p.add_argument(
+        "--incident",
+        type=float,
+        default=0.5,
+        help="share of the tenant's sales each incident deletes (default 0.5)",
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="another checkout (with its .venv) whose CLI also runs both tenant restores",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="parent of the temporary directory")
     return p.parse_args(argv)
 
@@ -621,6 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster = stack.enter_context(PgCluster())
         log(f"PostgreSQL on {cluster.port}")
         bench = TenantBench(cluster, work)
+        bench.incident = args.incident
         info: dict[str, Any] = {"machine": machine(cluster)}
         log(f"creating the demo database, {args.size_gb:g} GiB, {TENANTS} tenants")
         bench.create(int(args.size_gb * GIB))
@@ -628,12 +707,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.tenant = str(rows[0][0])
         info["share"] = bench.tenant_share()
         log(f"tenant {bench.tenant}: {info['share']['all'][2]:.1%} of the rows")
-        result = measure_all(bench, args.repeats, not args.no_probe)
+        result = measure_all(bench, args.repeats, not args.no_probe, args.reference)
         info.update(
             date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             minutes=(time.monotonic() - started) / 60,
             loadavg_end=os.getloadavg(),
             tenant=bench.tenant,
+            incident=args.incident,
+            reference=str(args.reference) if args.reference else None,
         )
         print("\n".join(table_lines(result)))
         print("\n".join(stage_lines(result)))

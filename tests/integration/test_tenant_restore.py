@@ -27,6 +27,7 @@ from strongroom.core.postgres import ConnInfo
 from strongroom.core.postgres.tenant_export import TenantScope
 from strongroom.core.postgres.tenant_load import load_tenant
 from strongroom.core.postgres.tenant_rows import TableRows
+from strongroom.core.postgres.tenant_write import Staged, TargetTable, insert_orders
 from strongroom.core.postgres.tenants import discover
 from strongroom.errors import RestoreError, TenantRowsMismatch
 from strongroom.sandbox.demo_data import DemoDatabase, url_as
@@ -321,6 +322,59 @@ def test_the_loader_refuses_another_tenants_row_and_a_short_source(demo_db: Demo
     restored = load_tenant(target, TenantScope(), good, replace=True)
     assert restored == {n: before[(n, mine)][0] for n in SHOP}
     assert digests(url) == before
+
+
+def _insert_orders(url: str, table: str, column: str) -> dict[str, tuple[str, ...]]:
+    """What the loader would sort each table's inserted rows by, on the schema at ``url``."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        model = discover(conn, table, column)
+        staged = [
+            Staged(
+                TargetTable(t.ref, t.oid, t.filter_column, {c.name: c for c in t.columns},
+                            t.partitioned, t.ref == model.tenant_table),
+                t.ref.ident(),
+                tuple(c.name for c in t.columns),
+            )
+            for t in model.tables
+        ]  # fmt: skip
+        keys = {
+            int(oid): tuple(cols)
+            for oid, cols in conn.execute(
+                "SELECT indrelid::int, array_agg(a.attname::text ORDER BY a.attnum) FROM pg_index"
+                " JOIN pg_attribute a ON a.attrelid = indrelid AND a.attnum = ANY(indkey)"
+                " WHERE indisprimary GROUP BY indrelid"
+            ).fetchall()
+        }
+        by_oid = insert_orders(conn, staged, keys)
+        sizes = dict(
+            conn.execute(
+                "SELECT relname::text, pg_relation_size(oid) FROM pg_class WHERE relname IN"
+                " ('sales_pkey', 'inventory_items_pkey')"
+            ).fetchall()
+        )
+    orders = {str(s.table.ref): by_oid[s.table.oid] for s in staged if s.table.oid in by_oid}
+    orders["(largest parent of sale_items)"] = (
+        ("sale_id",) if sizes.get("sales_pkey", 0) > sizes.get("inventory_items_pkey", 0)
+        else ("item_id",)
+    )  # fmt: skip
+    return orders
+
+
+def test_rows_are_inserted_in_the_order_of_their_largest_parents_key(
+    demo_db: DemoDatabase, own_db: tuple[str, str]
+) -> None:
+    """Sorted by the key into the largest parent other than the tenant table (whose key is the
+    same in every row), else by the table's own key; the tenant table's one row: unsorted."""
+    demo = _insert_orders(demo_db.admin_url, "tenants", "tenant_id")
+    assert demo.pop("public.sale_items") == demo.pop("(largest parent of sale_items)")
+    assert demo == {
+        "public.customers": ("id",),
+        "public.inventory_items": ("id",),
+        "public.sales": ("customer_id",),
+    }
+    own = _insert_orders(own_db[0], "accounts", "acct")
+    own.pop("(largest parent of sale_items)")
+    assert own == {"public.events": ("id", "at"), "public.notes": ("n",)}
 
 
 # -- a schema of its own: another tenant column, a partitioned table, an identity key ---------

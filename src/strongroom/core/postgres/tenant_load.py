@@ -19,7 +19,8 @@ In order, in one transaction (READ COMMITTED):
    updated or inserted (parents first), else all of them are deleted and inserted; the tenant
    table's own row is upserted (``ON CONFLICT (key) DO UPDATE``), never deleted, so shared rows
    referencing it are not disturbed; inserts are ``OVERRIDING SYSTEM VALUE`` (identity and
-   serial values kept), one ``INSERT ... SELECT`` per table;
+   serial values kept), one ``INSERT ... SELECT`` per table, sorted by the key into the
+   table's largest parent, with ``work_mem`` raised for this transaction only;
 5. sequences are moved forward past the restored values, never backwards.
 
 Any error rolls everything back (the temporary tables go with it) and is one line naming the
@@ -60,6 +61,10 @@ log = logging.getLogger("strongroom.tenant_restore")
 
 #: Local buffers for the staging tables: the default 8 MB would send a big tenant to disk twice.
 TEMP_BUFFERS = "256MB"
+#: Memory for each sort and hash of the write (this transaction only): the inserts sorted by a
+#: parent's key and the joins of the staged rows with the tenant's current ones hold a big
+#: tenant's rows in memory instead of spilling them to temporary files at the default 4 MB.
+WORK_MEM = "128MB"
 _FORMATS = {"binary": sql.SQL("binary"), "text": sql.SQL("text")}
 _NOTHING = "nothing was changed"
 
@@ -108,6 +113,7 @@ class _Load:
     def run(self) -> dict[str, int]:
         if not self.empty:
             self.conn.execute(sql.SQL("SET temp_buffers = {}").format(sql.Literal(TEMP_BUFFERS)))
+            self.conn.execute("SELECT set_config('work_mem', %s, true)", (WORK_MEM,))
         self.conn.execute("SELECT set_config(%s, %s, true)", (self.scope.setting, self.tenant))
         if not self.empty:
             model = discover(self.conn, self.scope.table, self.scope.column)
