@@ -39,73 +39,69 @@ class MemberSink:
     def start(self, member: Member) -> None:
         """A new entry begins."""
 
-    def data(self, chunk: bytes) -> None:
-        """Part of the current regular file's content."""
+    def data(self, chunk: memoryview) -> None:
+        """Part of the current regular file's content (a view: copy what you keep)."""
 
     def end(self) -> None:
         """The current entry is complete."""
 
 
 class TarStream:
-    """Feed it the archive chunk by chunk; it calls the sink per entry, bytes in order."""
+    """Feed it the archive chunk by chunk; it calls the sink per entry, bytes in order.
+
+    File content goes to the sink as views of the fed chunk, never copied: a base backup is
+    gigabytes of content and a few kilobytes of headers, and only the headers are buffered.
+    """
 
     def __init__(self, sink: MemberSink) -> None:
         self.sink = sink
-        self._buf = bytearray()
+        self._head = bytearray()  # the part of the next header block seen so far
         self._left = 0  # content bytes of the current file still to come
         self._pad = 0  # padding bytes after it
         self._in_member = False
         self.finished = False
 
-    def feed(self, data: bytes) -> None:
-        self._buf += data
-        while self._step():
-            pass
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        pos, size = 0, len(view)
+        while pos < size and not self.finished:
+            if self._left:
+                take = min(self._left, size - pos)
+                self.sink.data(view[pos : pos + take])
+                self._left -= take
+            elif self._pad:
+                take = min(self._pad, size - pos)
+                self._pad -= take
+            else:
+                take = min(BLOCK - len(self._head), size - pos)
+                self._head += view[pos : pos + take]
+                if len(self._head) == BLOCK:
+                    self._header(bytes(self._head))
+                    self._head.clear()
+            pos += take
+            self._end_if_complete()
 
     def close(self) -> None:
         """The stream ended: anything short of the end-of-archive blocks is a truncation."""
         if not self.finished:
             raise IntegrityError("the base backup's tar stream ends before its end-of-archive")
 
-    def _step(self) -> bool:
-        if self.finished:
-            self._buf.clear()
-            return False
-        if self._left:
-            return self._content()
-        if self._pad:
-            take = min(self._pad, len(self._buf))
-            del self._buf[:take]
-            self._pad -= take
-            return bool(take) and self._pad == 0
-        if self._in_member:
-            self._in_member = False
-            self.sink.end()
-        if len(self._buf) < BLOCK:
-            return False
-        header = bytes(self._buf[:BLOCK])
-        del self._buf[:BLOCK]
+    def _header(self, header: bytes) -> None:
         if header == bytes(BLOCK):
             self.finished = True
-            return False
-        self._begin(parse_header(header))
-        return True
-
-    def _content(self) -> bool:
-        take = min(self._left, len(self._buf))
-        if not take:
-            return False
-        self.sink.data(bytes(self._buf[:take]))
-        del self._buf[:take]
-        self._left -= take
-        return True
-
-    def _begin(self, member: Member) -> None:
+            return
+        member = parse_header(header)
         self.sink.start(member)
         self._in_member = True
         if member.kind == REGULAR:
             self._left = member.size
             self._pad = -member.size % BLOCK
+
+    def _end_if_complete(self) -> None:
+        """An entry ends as soon as its content and padding are in, not at the next header."""
+        if self._in_member and not self._left and not self._pad:
+            self._in_member = False
+            self.sink.end()
 
 
 def parse_header(block: bytes) -> Member:
@@ -159,7 +155,7 @@ class Capture(MemberSink):
         self._current = bytearray() if keep else None
         self._name = member.name
 
-    def data(self, chunk: bytes) -> None:
+    def data(self, chunk: memoryview) -> None:
         if self._current is not None:
             self._current += chunk
 
@@ -196,7 +192,7 @@ class Extract(MemberSink):
             self._file = os.fdopen(fd, "wb")
             self.files += 1
 
-    def data(self, chunk: bytes) -> None:
+    def data(self, chunk: memoryview) -> None:
         assert self._file is not None
         self._file.write(chunk)
         self.bytes += len(chunk)
