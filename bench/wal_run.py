@@ -526,10 +526,8 @@ def _med(runs: Sequence[ArchiveRun], attr: str) -> float:
 
 
 def section(results: dict[str, Any], command: str) -> str:
-    runs: dict[str, list[ArchiveRun]] = results["archive"]
+    """The report; a phase given no rounds (``--rounds 0``, ``--backlog-rounds 0``) is left out."""
     m = results["machine"]
-    cp_rate = _med(runs["cp"], "sustained_rate")
-    barman_rate = _med(runs["barman"], "sustained_rate")
     lines = [
         SECTION_START,
         "## WAL archiving, base backup and PITR",
@@ -542,6 +540,18 @@ def section(results: dict[str, Any], command: str) -> str:
         f"`archive_timeout = {results['archive_timeout']}`; {results['rounds']} rounds, "
         f"candidates alternating. {results['barman_version']}.",
         "",
+    ]
+    if any(results["archive"].values()):
+        lines += _archive_lines(results["archive"])
+    if any(results["backlog"].values()):
+        lines += _backlog_lines(results)
+    return "\n".join([*lines, *_base_and_pitr_lines(results)])
+
+
+def _archive_lines(runs: dict[str, list[ArchiveRun]]) -> list[str]:
+    cp_rate = _med(runs["cp"], "sustained_rate")
+    barman_rate = _med(runs["barman"], "sustained_rate")
+    lines = [
         "| archive_command | segments (median) | sustained seg/s | seg/s during load | drain s "
         "| max `.ready` | p50 / p95 ms per call | archiver-tree CPU s | CPU ms per segment "
         "| pgbench tps |",
@@ -576,9 +586,13 @@ def section(results: dict[str, Any], command: str) -> str:
         f"{'met' if ours >= 0.5 * cp_rate else 'MISSED'}).",
         "",
     ]
+    return lines
+
+
+def _backlog_lines(results: dict[str, Any]) -> list[str]:
     bl = results["backlog"]
     bl_rate = {n: statistics.median(r["rate"] for r in bl[n]) for n in CANDIDATES}
-    lines += [
+    lines = [
         f"Capacity: archiving paused, `UPDATE pgbench_accounts ... WHERE aid <= "
         f"{results['backlog_rows']}` right after a checkpoint, then the command set and the "
         "`.ready` backlog timed until empty:",
@@ -609,10 +623,14 @@ def section(results: dict[str, Any], command: str) -> str:
         f"{'met' if cap >= 0.5 * bl_rate['cp'] else 'MISSED'}).",
         "",
     ]
+    return lines
+
+
+def _base_and_pitr_lines(results: dict[str, Any]) -> list[str]:
     base = results["base"]
     floor = statistics.median(r["wall"] for r in base["floor"])
     ours_b = statistics.median(r["wall"] for r in base["ours"])
-    lines += [
+    lines = [
         "| base backup | median s | runs (s) | CPU s per program (median run) | server CPU s |",
         "|---|---:|---|---|---:|",
     ]
@@ -633,7 +651,7 @@ def section(results: dict[str, Any], command: str) -> str:
     ]
     p = results["pitr"]
     if "error" in p:
-        return "\n".join([*lines, f"PITR failed: `{p['error'][-300:]}`", "", SECTION_END])
+        return [*lines, f"PITR failed: `{p['error'][-300:]}`", "", SECTION_END]
     lines += [
         f"PITR: base backup of {base['raw_bytes'] / 1e6:.0f} MB plus "
         f"{p['wal_bytes'] / 1e6:.0f} MB of WAL ({p['wal_bytes'] / SEGMENT:.0f} segments) "
@@ -645,7 +663,7 @@ def section(results: dict[str, Any], command: str) -> str:
         "",
         SECTION_END,
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def write_report(out: Path, results: dict[str, Any], command: str) -> None:
