@@ -17,6 +17,11 @@ It starts a throwaway PostgreSQL cluster, fills the RLS-forced demo shop to ``--
 * restore: ``strongroom restore -j 2`` from local and from r2 into a new database, divided by a
   plain ``pg_restore -j 2`` of an unencrypted ``pg_dump -Fc`` file.
 
+``--restore-only`` makes one backup to local + R2 + B2 and measures only the restores (a few
+minutes at 1 GiB); ``--baseline DIR`` also restores, in the same rounds, with the CLI of another
+checkout (``DIR/.venv/bin/strongroom``, e.g. the main branch's), as ``*_base``. Each restore's
+seconds per stage (fetch and verify, pg_restore, row counts) are kept in the JSON file.
+
 ``--double`` then grows the database to twice its size and measures everything again, to show
 whether memory stays flat. Results are printed, written to ``--out`` (Markdown; anything below
 the notes marker of an existing file is kept) and to the same path with ``.json``.
@@ -67,8 +72,10 @@ RATIO_TARGETS: dict[str, tuple[str, float | None]] = {
     "backup_all": ("dump_floor", 1.25),
     **{f"backup_local_z{n}": ("dump_floor", None) for n in range(1, 23)},
     "seed_backup": ("dump_floor", None),
-    "restore_local": ("restore_floor", 1.3),
-    "restore_r2": ("restore_floor", 1.3),
+    "restore_local": ("restore_floor", 1.10),
+    "restore_r2": ("restore_floor", 1.10),
+    "restore_local_base": ("restore_floor", None),
+    "restore_r2_base": ("restore_floor", None),
     "seed_restore": ("restore_floor", None),
 }
 RSS_TARGETS = {"backup_local": 80 * MB, "backup_all": 120 * MB}
@@ -87,6 +94,8 @@ LABELS = {
     "restore_floor": "pg_restore -j 2 of the plain -Fc file (floor)",
     "restore_local": "strongroom restore -j 2 --from local",
     "restore_r2": "strongroom restore -j 2 --from r2",
+    "restore_local_base": "baseline checkout: strongroom restore -j 2 --from local",
+    "restore_r2_base": "baseline checkout: strongroom restore -j 2 --from r2",
     "seed_restore": "original: Fernet decrypt in memory → gunzip → pg_restore -j 2",
 }
 #: The child process whose peak RSS is reported beside the Python one.
@@ -100,6 +109,8 @@ CHILD = {
     "restore_floor": "",
     "restore_local": "pg_restore",
     "restore_r2": "pg_restore",
+    "restore_local_base": "pg_restore",
+    "restore_r2_base": "pg_restore",
     "seed_restore": "pg_restore",
 }
 
@@ -143,7 +154,9 @@ class SizeRun:
 class Bench:
     """The servers, the settings strongroom runs with, and the measurement steps."""
 
-    def __init__(self, cluster: PgCluster, s3: SeaweedServer, work: Path) -> None:
+    def __init__(
+        self, cluster: PgCluster, s3: SeaweedServer, work: Path, baseline: Path | None = None
+    ) -> None:
         self.cluster = cluster
         self.s3 = s3
         self.work = work
@@ -155,6 +168,7 @@ class Bench:
         self.seed_dir = work / "seed"
         self.seed_dir.mkdir()
         self._restores = 0
+        self.baseline = baseline
 
     # -- database --------------------------------------------------------------------------
 
@@ -253,10 +267,12 @@ class Bench:
         argv = [self.cluster.binary("pg_dump"), "-Fc", "-f", str(path), DB]
         return self._measure(argv, env=self.libpq_env()).check()
 
-    def strongroom(self, args: Sequence[str], locations: str, **extra: str) -> tuple[Measured, Any]:
+    def strongroom(
+        self, args: Sequence[str], locations: str, *, checkout: Path = ROOT, **extra: str
+    ) -> tuple[Measured, Any]:
         out = self.work / "strongroom.json"
         run = self._measure(
-            [str(ROOT / ".venv" / "bin" / "strongroom"), *args, "--json", "--no-progress"],
+            [str(checkout / ".venv" / "bin" / "strongroom"), *args, "--json", "--no-progress"],
             env=self.strongroom_env(locations, **extra),
             stdout_path=out,
         ).check()
@@ -294,11 +310,14 @@ class Bench:
         self.drop(name)
         return run
 
-    def restore(self, backup_id: str, source: str) -> tuple[Measured, dict[str, Any]]:
+    def restore(
+        self, backup_id: str, source: str, *, baseline: bool = False
+    ) -> tuple[Measured, dict[str, Any]]:
         name = self.new_target()
         args = ["restore", backup_id, "--from", source, "-j", "2",
                 "--target", self.cluster.url(name)]  # fmt: skip
-        run, doc = self.strongroom(args, "local,r2,b2")
+        checkout = self.baseline if baseline and self.baseline else ROOT
+        run, doc = self.strongroom(args, "local,r2,b2", checkout=checkout)
         self.drop(name)
         if doc["status"] != "RESTORED":
             raise RuntimeError(f"restore of {backup_id} from {source}: {doc['status']}")
@@ -314,6 +333,38 @@ class Bench:
         run = self._measure(argv, env=env, stdout_path=self.work / "seed.json").check()
         self.drop(name)
         return run
+
+
+def measure_restores(bench: Bench, result: SizeRun, ids: Mapping[str, str], repeats: int) -> None:
+    """Restore rounds: the floor, then strongroom from each location (and the baseline's)."""
+    plain = bench.work / "plain.dump"
+    result.add("plain_dump", bench.plain_dump(plain))
+    names = [("restore_local", "local", False), ("restore_r2", "r2", False)]
+    if bench.baseline:
+        names += [("restore_local_base", "local", True), ("restore_r2_base", "r2", True)]
+    stages: dict[str, list[dict[str, float]]] = {}
+    for n in range(repeats):
+        result.add("restore_floor", bench.restore_floor(plain))
+        # alternate the order, so neither always runs right after the floor
+        for name, source, base in names if n % 2 == 0 else names[::-1]:
+            run, doc = bench.restore(ids[source], source, baseline=base)
+            result.add(name, run)
+            stages.setdefault(name, []).append(doc.get("stages", {}))
+            log(f"    stages: {doc.get('stages')}")
+    result.info["plain_dump_bytes"] = plain.stat().st_size
+    result.info["restore_stages"] = stages
+    plain.unlink()
+
+
+def measure_restore_only(bench: Bench, label: str, restore_repeats: int) -> SizeRun:
+    """One backup to every location, then only the restore rounds."""
+    result = SizeRun(label, bench.db_size())
+    log(f"measuring restores at {result.db_bytes / GIB:.2f} GiB ({label})")
+    run, doc = bench.backup("local,r2,b2")
+    log(f"  backup {doc['id']}: {run.wall:.1f} s, stored {doc['size_bytes'] / 1e9:.3f} GB")
+    result.info = {"raw_dump_bytes": doc["raw_size_bytes"], "stored_bytes": doc["size_bytes"]}
+    measure_restores(bench, result, {"local": doc["id"], "r2": doc["id"]}, restore_repeats)
+    return result
 
 
 def measure_size(
@@ -340,14 +391,8 @@ def measure_size(
             fixed[n].append(doc)
     run, seed = bench.seed_backup(0)
     result.add("seed_backup", run)
-    plain = bench.work / "plain.dump"
-    result.add("plain_dump", bench.plain_dump(plain))
-    local_id = backups["local"][-1]["id"]
-    cloud_id = backups["local,r2,b2"][-1]["id"]
-    for _ in range(restore_repeats):
-        result.add("restore_floor", bench.restore_floor(plain))
-        result.add("restore_local", bench.restore(local_id, "local")[0])
-        result.add("restore_r2", bench.restore(cloud_id, "r2")[0])
+    ids = {"local": backups["local"][-1]["id"], "r2": backups["local,r2,b2"][-1]["id"]}
+    measure_restores(bench, result, ids, restore_repeats)
     result.add("seed_restore", bench.seed_restore(0))
     last = backups["local,r2,b2"][-1]
     result.info = {
@@ -362,7 +407,7 @@ def measure_size(
             loc: [d["metadata"].get("codec_levels", {}) for d in docs]
             for loc, docs in backups.items()
         },
-        "plain_dump_bytes": plain.stat().st_size,
+        **result.info,
         "seed_sizes": seed["sizes"],
         "seed_stages": seed["stages"],
         "in_process_backup_seconds": {
@@ -370,7 +415,6 @@ def measure_size(
         },
         "copy_upload_seconds": {c["location"]: c["duration_seconds"] for c in last["copies"]},
     }
-    plain.unlink()
     return result
 
 
@@ -575,9 +619,14 @@ def markdown(runs: Sequence[SizeRun], info: Mapping[str, Any], command: str) -> 
     ]
     for run in runs:
         i = run.info
+        size = f"{run.db_bytes / GIB:.2f} GiB ({run.db_bytes / 1e9:.2f} GB)"
+        title = f"### {run.label}: database {size}"
+        if "seed_sizes" not in i:  # --restore-only
+            lines += [title, "", *_restore_only_lines(run), ""]
+            continue
         seed = i["seed_sizes"]
         lines += [
-            f"### {run.label}: database {run.db_bytes / GIB:.2f} GiB ({run.db_bytes / 1e9:.2f} GB)",
+            title,
             "",
             f"Dump {i['raw_dump_bytes'] / 1e9:.2f} GB (`-Z0`) → stored, encrypted: "
             f"{stored_line(i)}. Adaptive zstd (levels 1-{i['codec_level']}) compressed the "
@@ -594,6 +643,27 @@ def markdown(runs: Sequence[SizeRun], info: Mapping[str, Any], command: str) -> 
         ]
     lines += flatness(runs)
     return "\n".join(lines)
+
+
+def _restore_only_lines(run: SizeRun) -> list[str]:
+    i = run.info
+    lines = [
+        f"Dump {i['raw_dump_bytes'] / 1e9:.2f} GB (`-Z0`), stored {i['stored_bytes'] / 1e9:.3f} "
+        f"GB; plain `pg_dump -Fc` file {i['plain_dump_bytes'] / 1e9:.2f} GB. Seconds per stage, "
+        "median over the rounds:",
+        "",
+    ]
+    for name, docs in i["restore_stages"].items():
+        keys = dict.fromkeys(k for d in docs for k in d)
+        medians = {k: statistics.median(d.get(k, 0.0) for d in docs) for k in keys}
+        lines.append(f"- {LABELS[name]}: " + ", ".join(f"{k} {v:.2f}" for k, v in medians.items()))
+    return [
+        *lines,
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|---|---:|---:|---|---:|---:|---:|---|",
+        *("| " + " | ".join(row) + " |" for row in table_rows(run)),
+    ]
 
 
 def write_report(out: Path, runs: Sequence[SizeRun], info: Mapping[str, Any], command: str) -> None:
@@ -667,13 +737,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[3],
         help="fixed zstd levels also measured to local, comma-separated (default 3)",
     )
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument(
+        "--restore-only",
+        action="store_true",
+        help="one backup, then only the restore rounds (default --out docs/benchmarks-restore.md)",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="also restore with DIR/.venv/bin/strongroom (another checkout) in the same rounds",
+    )
+    p.add_argument("--out", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=None, help="parent of the temporary directory")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.out is None:
+        name = "benchmarks-restore.md" if args.restore_only else "benchmarks.md"
+        args.out = ROOT / "docs" / name
+    if args.restore_only and args.double:
+        raise SystemExit("--restore-only measures one size: leave out --double")
     command = "bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="strongroom-bench-", dir=args.workdir or "/tmp"))
@@ -684,12 +770,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster = stack.enter_context(PgCluster())
         s3 = stack.enter_context(SeaweedServer(work / "seaweed", buckets=BUCKETS.values()))
         log(f"PostgreSQL on {cluster.port}, SeaweedFS S3 on {s3.endpoint_url}")
-        bench = Bench(cluster, s3, work)
+        bench = Bench(cluster, s3, work, args.baseline)
         info: dict[str, Any] = {"machine": machine(cluster)}
         log(f"creating the demo database, {args.size_gb:g} GiB")
         bench.create(int(args.size_gb * GIB))
         levels = args.fixed_levels
-        runs.append(measure_size(bench, "1x", args.repeats, args.restore_repeats, levels))
+        if args.restore_only:
+            runs.append(measure_restore_only(bench, "1x", args.restore_repeats))
+        else:
+            runs.append(measure_size(bench, "1x", args.repeats, args.restore_repeats, levels))
         print_table(runs[-1])
         if args.double:
             log("doubling the database")

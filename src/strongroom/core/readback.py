@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from strongroom.core.codecs import Codec, get_codec
 from strongroom.core.crypto import Keyring
 from strongroom.core.manifest import Manifest
+from strongroom.core.readahead import Pipeline
 from strongroom.core.storage.base import Location
 from strongroom.core.streams import Reader
 from strongroom.errors import IntegrityError, WrongBackupKind
@@ -36,11 +37,6 @@ class HashingReader:
         self.size += len(data)
         return data
 
-    def drain(self) -> None:
-        """Hash whatever the decryptor left unread, so trailing garbage changes the digest."""
-        while self.read(CHUNK_SIZE):
-            pass
-
     def close(self) -> None:
         self.source.close()
 
@@ -61,10 +57,17 @@ def read_back(
     sink: Callable[[bytes], object] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ReadBack:
-    """Stream ``source`` through every check; raise ``IntegrityError`` on the first failure."""
+    """Stream ``source`` through every check; raise ``IntegrityError`` on the first failure.
+
+    Reading and hashing, decryption and decompression each run in a thread of their own
+    (:mod:`strongroom.core.readahead`), so they overlap; ``sink`` and ``progress`` are called
+    in the caller's thread, in order. Every thread has ended when this returns or raises.
+    """
     hashed = HashingReader(source)
-    try:
-        plain = codec.decompress_reader(keyring.decrypting_reader(hashed))
+    with Pipeline() as pipe:
+        stored = pipe.stage(hashed, "read")
+        decrypted = pipe.stage(keyring.decrypting_reader(stored), "decrypt")
+        plain = pipe.stage(codec.decompress_reader(decrypted), "decompress")
         raw = 0
         while True:
             chunk = plain.read(CHUNK_SIZE)
@@ -75,9 +78,9 @@ def read_back(
                 sink(chunk)
             if progress is not None:
                 progress(hashed.size)
-        hashed.drain()
-    finally:
-        hashed.close()
+        # hash whatever the decryptor left unread, so trailing garbage changes the digest
+        while stored.read(CHUNK_SIZE):
+            pass
     digest = hashed.sha256.hexdigest()
     if expected_sha256 and digest != expected_sha256:
         raise IntegrityError(
