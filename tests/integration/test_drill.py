@@ -166,7 +166,7 @@ def test_a_good_backup_passes_its_drill_with_an_rto_is_marked_and_its_database_i
     assert webhook.posts == []
 
 
-def test_a_tenant_backup_drills_into_a_new_database_and_base_drills_are_not_supported_yet(
+def test_a_tenant_backup_drills_into_a_new_database_and_a_base_drill_needs_a_base_backup(
     cli: Cli, shop: DemoDatabase, pg_cluster: PgCluster
 ) -> None:
     tenant = str(shop.tenants[0].id)
