@@ -129,14 +129,9 @@ class ReadAhead:
         self._current, self._offset = item, 0
         return True
 
-    def join(self, timeout: float | None = _JOIN_TIMEOUT) -> bool:
-        """Wait for the thread (after the pipeline was stopped); whether it ended."""
+    def join(self, timeout: float | None = _JOIN_TIMEOUT) -> None:
+        """Wait for the thread (after the pipeline was stopped)."""
         self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def close(self) -> None:
         """Stop the pipeline, wait for this stage's thread, then close its source."""
