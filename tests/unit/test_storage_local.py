@@ -199,3 +199,26 @@ def _user() -> str:
     import pwd
 
     return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def test_a_directory_made_by_a_concurrent_writer_mid_check_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pushers making the same WAL directory: one sees it missing, then existing."""
+    target = tmp_path / "wal" / "00000001"
+    real_is_dir = Path.is_dir
+    raced: list[Path] = []
+
+    def is_dir_then_made(self: Path) -> bool:
+        found = real_is_dir(self)
+        if self == target and not found and not raced:
+            raced.append(self)
+            target.mkdir(parents=True)  # the other writer, right after this check
+        return found
+
+    monkeypatch.setattr(Path, "is_dir", is_dir_then_made)
+    LocalLocation._make_dirs(target, tmp_path)
+    assert raced and real_is_dir(target)
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(NotADirectoryError):
+        LocalLocation._make_dirs(tmp_path / "file" / "below", tmp_path)

@@ -247,7 +247,8 @@ class LocalLocation(Location):
         missing: list[Path] = []
         current = target
         while current != top and not current.is_dir():
-            if current.exists():
+            # asked again: a concurrent writer may have made it since the is_dir() above
+            if current.exists() and not current.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target))
             missing.append(current)
             current = current.parent
