@@ -292,6 +292,5 @@ class TenantExport:
         )
         with s.conn.cursor() as cur:
             with cur.copy(query) as copy:
-                for data in copy:
-                    yield from tenant_format.chunk_frames(index, bytes(data))
+                yield from tenant_format.gathered(index, copy)
             return int(cur.rowcount)

@@ -51,9 +51,20 @@ def _described(table: dict[str, Any]) -> tuple[str, tuple[Column, ...]]:
 
 
 def _one_table(chunks: Iterator[tenant_format.Chunk]) -> Iterator[bytes]:
-    """This table's chunks, up to its end-of-table frame (``read_chunks`` checks the order)."""
+    """This table's chunks, up to its end-of-table frame (``read_chunks`` checks the order),
+    small ones gathered: exports written before :func:`tenant_format.gathered` hold a chunk
+    per row, and a ``COPY FROM`` write per row costs more than the row."""
+    pending = bytearray()
     for chunk in chunks:
         if chunk.last:
+            if pending:
+                yield bytes(pending)
             return
-        yield chunk.data
+        if not pending and len(chunk.data) >= tenant_format.CHUNK_TARGET:
+            yield chunk.data
+            continue
+        pending += chunk.data
+        if len(pending) >= tenant_format.CHUNK_TARGET:
+            yield bytes(pending)
+            pending.clear()
     raise IntegrityError("tenant export ended inside a table")
