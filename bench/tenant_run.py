@@ -65,6 +65,7 @@ from run import (
     _terminate_cleanly,
     log,
     machine,
+    precompile,
 )
 from strongroom.sandbox.demo_data import APP_ROLE, populate_to_size
 from strongroom.sandbox.pgcluster import PgCluster
@@ -692,6 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = "bench/tenant_run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
+    precompile(ROOT, *([args.reference] if args.reference else []))
     work = Path(tempfile.mkdtemp(prefix="strongroom-tenant-bench-", dir=args.workdir or "/tmp"))
     with _terminate_cleanly(), contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, work, True)
