@@ -3,10 +3,12 @@
 Both ways end with the tenant's rows of each table equal to the staged ones, byte for byte,
 and the tenant table's own row upserted, never deleted (shared rows may reference it):
 
-* **changes** (every table has a primary key): children first, the rows whose key the backup
-  lacks are deleted; then parents first, rows whose key both have but whose contents differ
-  (``record_image_eq``: PostgreSQL's binary row comparison, the ``*=`` of ``REFRESH
-  MATERIALIZED VIEW CONCURRENTLY``) are updated and rows the target lacks inserted. A restore
+* **changes** (every table has a primary key): one full join per table of the tenant's rows
+  with the staged ones, on the key, puts the keys that differ in a temporary table, each
+  marked for delete (the backup lacks it), update (both have it, the contents differ by
+  ``record_image_eq``: PostgreSQL's binary row comparison, the ``*=`` of ``REFRESH
+  MATERIALIZED VIEW CONCURRENTLY``) or insert (the target lacks it). Then children first the
+  deletes, parents first the updates and inserts, each joining only those keys. A restore
   after "half the inventory was deleted" writes that half, not the whole tenant twice (delete
   and insert); the untouched rows, their index entries and foreign-key checks cost nothing.
 * **everything**: the tenant's rows deleted children first, the staged ones inserted parents
@@ -177,31 +179,84 @@ def _write_changes(
         if not s.table.is_tenant_table:
             conn.execute(sql.SQL("ANALYZE {}").format(s.into))  # temp tables get no autovacuum
     log.info("staged rows analyzed in %.2f s", time.monotonic() - started)
+    diffs = {
+        s.table.oid: _classify(conn, s, keys[s.table.oid], tenant, index)
+        for index, s in enumerate(staged)
+        if not s.table.is_tenant_table
+    }
     for s in reversed(staged):
         if not s.table.is_tenant_table:
-            _timed(conn, "deleted", s, _delete_absent(s, keys[s.table.oid], tenant))
+            diff = diffs[s.table.oid]
+            _timed(conn, "deleted", s, _delete_absent(s, keys[s.table.oid], tenant, diff))
     restored: dict[str, int] = {}
     for s in staged:
         if s.table.is_tenant_table:
             restored[str(s.table.ref)] = _timed(conn, "upserted", s, _insert(s, tenant))
             continue
-        key = keys[s.table.oid]
-        update = _update_changed(s, key, tenant)
+        key, diff = keys[s.table.oid], diffs[s.table.oid]
+        update = _update_changed(s, key, tenant, diff)
         if update is not None:
             _timed(conn, "updated", s, update)
         order = orders.get(s.table.oid, ())
-        _timed(conn, "inserted", s, _insert(s, tenant, missing_by=key, order=order))
+        _timed(conn, "inserted", s, _insert(s, tenant, missing=(key, diff), order=order))
         restored[str(s.table.ref)] = _check_same(conn, s, key, tenant)
     return restored
 
 
-def _check_same(conn: Conn, s: Staged, key: tuple[str, ...], tenant: str) -> int:
-    """The tenant's rows of the table, proven equal to the staged ones; ``_NotTheSame`` if not."""
-    mine = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+#: The column of a diff table that says what to do with the key: ``d``elete, ``u``pdate or
+#: ``i``nsert (a name no key column can clash with in practice: it is not a valid bare name).
+_OP = sql.Identifier("strongroom op")
+
+
+def _classify(
+    conn: Conn, s: Staged, key: tuple[str, ...], tenant: str, index: int
+) -> sql.Identifier:
+    """The keys whose rows differ between the tenant's current rows and the staged ones, each
+    with what to do (:data:`_OP`), in a temporary table; its name.
+
+    One full join of the two decides every write of the table; the delete, update and insert
+    then touch only those keys (an incident's share), instead of each joining the whole tenant's
+    rows with the staged ones again.
+    """
+    diff = sql.Identifier(f"strongroom_diff_{index}")
+    t_key, s_key = sql.Identifier("t", key[0]), sql.Identifier("s", key[0])
+    query = sql.SQL(
+        "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT"
+        " CASE WHEN {} IS NULL THEN 'i' WHEN {} IS NULL THEN 'd' ELSE 'u' END AS {}, {}"
+        " FROM ({}) AS t FULL JOIN {} AS s ON {}"
+        " WHERE {} IS NULL OR {} IS NULL OR NOT record_image_eq({}, {})"
+    ).format(
+        diff, t_key, s_key, _OP,
+        sql.SQL(", ").join(
+            sql.SQL("COALESCE({}, {}) AS {}").format(
+                sql.Identifier("s", c), sql.Identifier("t", c), sql.Identifier(c)
+            )
+            for c in key
+        ),
+        _mine(s, tenant), s.into, _same(key),
+        t_key, s_key, _row("t", s.columns), _row("s", s.columns),
+    )  # fmt: skip
+    started = time.monotonic()
+    with conn.cursor() as cur:
+        cur.execute(query)
+        rows = max(0, int(cur.rowcount))
+    conn.execute(sql.SQL("ANALYZE {}").format(diff))
+    log.info("%s: %d rows differ (%.2f s)", s.table.ref, rows, time.monotonic() - started)
+    return diff
+
+
+def _mine(s: Staged, tenant: str) -> sql.Composed:
+    """The tenant's current rows of the table, the staged columns."""
+    return sql.SQL("SELECT {} FROM {} WHERE {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in s.columns),
         s.table.source(),
         is_tenant(s.table.filter_column, tenant),
     )
+
+
+def _check_same(conn: Conn, s: Staged, key: tuple[str, ...], tenant: str) -> int:
+    """The tenant's rows of the table, proven equal to the staged ones; ``_NotTheSame`` if not."""
+    mine = _mine(s, tenant)
     t_key, s_key = sql.Identifier("t", key[0]), sql.Identifier("s", key[0])
     query = sql.SQL(
         "SELECT count({}), count(*) FILTER (WHERE {} IS NULL),"
@@ -249,15 +304,20 @@ def _write_everything(
     }
 
 
-def _delete_absent(s: Staged, key: tuple[str, ...], tenant: str) -> sql.Composed:
-    """The tenant's rows whose key the backup does not hold."""
-    return sql.SQL(
-        "DELETE FROM {} AS t WHERE {} AND NOT EXISTS (SELECT 1 FROM {} AS s WHERE {})"
-    ).format(s.table.source(), is_tenant(s.table.filter_column, tenant, "t"), s.into, _same(key))
+def _delete_absent(
+    s: Staged, key: tuple[str, ...], tenant: str, diff: sql.Composable
+) -> sql.Composed:
+    """The tenant's rows whose key the backup does not hold (``d`` in the table's diff)."""
+    return sql.SQL("DELETE FROM {} AS t USING {} AS d WHERE {} AND d.{} = 'd' AND {}").format(
+        s.table.source(), diff, is_tenant(s.table.filter_column, tenant, "t"), _OP,
+        _same(key, "t", "d"),
+    )  # fmt: skip
 
 
-def _update_changed(s: Staged, key: tuple[str, ...], tenant: str) -> sql.Composed | None:
-    """The tenant's rows the backup holds under the same key with other contents."""
+def _update_changed(
+    s: Staged, key: tuple[str, ...], tenant: str, diff: sql.Composable
+) -> sql.Composed | None:
+    """The tenant's rows the backup holds under the same key with other contents (``u``)."""
     others = [c for c in s.columns if c not in key]
     if not others:
         return None
@@ -265,37 +325,44 @@ def _update_changed(s: Staged, key: tuple[str, ...], tenant: str) -> sql.Compose
         sql.SQL("{} = {}").format(sql.Identifier(c), sql.Identifier("s", c)) for c in others
     )
     return sql.SQL(
-        "UPDATE {} AS t SET {} FROM {} AS s WHERE {} AND {} AND NOT record_image_eq({}, {})"
+        "UPDATE {} AS t SET {} FROM {} AS s JOIN {} AS d ON {} WHERE {} AND d.{} = 'u' AND {}"
     ).format(
         s.table.source(),
         sets,
         s.into,
+        diff,
+        _same(key, "s", "d"),
         is_tenant(s.table.filter_column, tenant, "t"),
+        _OP,
         _same(key),
-        _row("t", s.columns),
-        _row("s", s.columns),
     )
 
 
 def _insert(
-    s: Staged, tenant: str, missing_by: tuple[str, ...] = (), order: tuple[str, ...] = ()
+    s: Staged,
+    tenant: str,
+    missing: tuple[tuple[str, ...], sql.Composable] | None = None,
+    order: tuple[str, ...] = (),
 ) -> sql.Composed:
-    """``INSERT ... SELECT`` from the stage (only rows the target lacks, with ``missing_by``),
-    sorted by ``order`` (``insert_orders``); the tenant table's row is upserted."""
+    """``INSERT ... SELECT`` from the stage (with ``missing``, the key and the diff table: only
+    the rows the target lacks, ``i``), sorted by ``order`` (``insert_orders``); the tenant
+    table's row is upserted."""
     table = s.table
     columns = sql.SQL(", ").join(sql.Identifier(n) for n in s.columns)
     overriding = any(table.columns[n].identity == "a" for n in s.columns)
+    join: sql.Composable = sql.SQL("")
     where = is_tenant(table.filter_column, tenant, "s")
-    if missing_by and not table.is_tenant_table:
-        where = sql.SQL("{} AND NOT EXISTS (SELECT 1 FROM {} AS t WHERE {} AND {})").format(
-            where, table.source(), is_tenant(table.filter_column, tenant, "t"), _same(missing_by)
-        )
-    statement = sql.SQL("INSERT INTO {} ({}) {}SELECT {} FROM {} AS s WHERE {}").format(
+    if missing is not None and not table.is_tenant_table:
+        key, diff = missing
+        join = sql.SQL(" JOIN {} AS d ON {}").format(diff, _same(key, "s", "d"))
+        where = sql.SQL("{} AND d.{} = 'i'").format(where, _OP)
+    statement = sql.SQL("INSERT INTO {} ({}) {}SELECT {} FROM {} AS s{} WHERE {}").format(
         table.ref.ident(),
         columns,
         sql.SQL("OVERRIDING SYSTEM VALUE " if overriding else ""),
         sql.SQL(", ").join(sql.Identifier("s", n) for n in s.columns),
         s.into,
+        join,
         where,
     )
     if order:
@@ -320,9 +387,10 @@ def _upsert(table: TargetTable, names: tuple[str, ...]) -> sql.Composed:
     return sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(sql.Identifier(key), sets)
 
 
-def _same(key: Iterable[str]) -> sql.Composed:
+def _same(key: Iterable[str], left: str = "s", right: str = "t") -> sql.Composed:
+    """``left.k = right.k`` for each key column."""
     return sql.SQL(" AND ").join(
-        sql.SQL("{} = {}").format(sql.Identifier("s", c), sql.Identifier("t", c)) for c in key
+        sql.SQL("{} = {}").format(sql.Identifier(left, c), sql.Identifier(right, c)) for c in key
     )
 
 
