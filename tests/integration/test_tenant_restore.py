@@ -115,6 +115,20 @@ def _damage(url: str, tenant: str) -> None:
         conn.execute("INSERT INTO customers (tenant_id, name) VALUES (%s, 'new')", (tenant,))
 
 
+def _row_versions(url: str, tenant: str) -> dict[tuple[str, str], str]:
+    """(table, key) -> the row version's ``xmin``: a row any statement rewrote has a new one."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET row_security = off")
+        rows = conn.execute(
+            "SELECT 'customers', id::text, xmin::text FROM customers WHERE tenant_id = %(t)s"
+            " UNION ALL SELECT 'sales', id::text, xmin::text FROM sales WHERE tenant_id = %(t)s"
+            " UNION ALL SELECT 'sale_items', id::text, xmin::text FROM sale_items"
+            " WHERE tenant_id = %(t)s",
+            {"t": tenant},
+        ).fetchall()
+    return {(str(t), str(k)): str(x) for t, k, x in rows}
+
+
 def _app_target(demo_db: DemoDatabase) -> str:
     """The app role's URL without its password (that goes in PGPASSWORD)."""
     return url_as(demo_db.admin_url, user="shop_app")
@@ -132,6 +146,12 @@ def test_tenant_backup_restored_in_place_as_the_app_role(
     _damage(demo_db.admin_url, tenant)
     damaged = digests(demo_db.admin_url)
     assert _of(damaged, tenant) != _of(before, tenant)
+    untouched = {
+        key: xmin
+        for key, xmin in _row_versions(demo_db.admin_url, tenant).items()
+        if key[0] != "customers"  # every customer was changed: each is rewritten
+    }
+    assert untouched
     target, password = _app_target(demo_db), {"PGPASSWORD": demo_db.app_password}
 
     refused = cli("tenant", "restore", backup["id"], "--target", target, **password)
@@ -153,6 +173,9 @@ def test_tenant_backup_restored_in_place_as_the_app_role(
     after = digests(demo_db.admin_url)
     assert _of(after, tenant) == _of(before, tenant)
     assert _others(after, tenant) == _others(before, tenant)
+    # only the changes were written: the rows the damage left alone kept their row versions
+    now = _row_versions(demo_db.admin_url, tenant)
+    assert {key: now.get(key) for key in untouched} == untouched
 
 
 def test_latest_needs_the_tenant_and_human_output_lists_tables(
