@@ -56,11 +56,13 @@ def _cluster(tmp_path: Path, *, control_id: int = SYSTEM_ID) -> tuple[Path, Path
     return segment, record, config
 
 
-def _run(module: str, argv: list[str], tmp_path: Path) -> tuple[int, str, str, set[str]]:
+def _run(
+    module: str, argv: list[str], tmp_path: Path, **settings: str
+) -> tuple[int, str, str, set[str]]:
     """``(exit code, stdout, stderr, modules loaded)`` of ``module``'s ``main`` in a new
-    interpreter, with none of the developer's settings in its environment."""
+    interpreter, with none of the developer's settings in its environment, only ``settings``."""
     modules = tmp_path / f"modules-{module}.txt"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)} | settings
     done = subprocess.run(
         [sys.executable, "-c", RUN, module, str(modules), *argv],
         capture_output=True,
@@ -85,6 +87,44 @@ def test_a_pushed_ahead_file_is_answered_without_the_cli_argparse_or_logging(
     unwanted += ("strongroom.core.storage", "strongroom.core.crypto", "strongroom.core.codecs")
     unwanted += ("boto3", "botocore", "django", "zstandard", "tink", "psycopg")
     assert {m for m in loaded if m.startswith(unwanted)} == set()
+    # a third of the call's CPU: the configuration module's dataclasses, and typing
+    assert {"strongroom.config", "typing"} & loaded == set()
+
+
+def test_the_config_file_may_be_named_by_the_environment_and_other_wal_settings_are_read(
+    tmp_path: Path,
+) -> None:
+    """``STRONGROOM_CONFIG`` instead of ``--config``; a WAL setting besides the spool (a number
+    the CLI's fast path checks) is then read by the configuration module, and still answered."""
+    segment, record, config = _cluster(tmp_path)
+    config.write_text(config.read_text() + "BACKUP_WAL_PUSH_AHEAD=8\n")
+    argv = ["wal-push", str(segment)]
+    code, out, err, loaded = _run(
+        "strongroom.interfaces.entry", argv, tmp_path, STRONGROOM_CONFIG=str(config)
+    )
+    assert (code, out, err) == (0, "", "")
+    assert not record.exists()
+    assert "strongroom.config" in loaded and "strongroom.interfaces.cli" not in loaded
+
+
+def test_the_settings_the_fast_path_reads_itself_are_all_the_wal_loader_reads() -> None:
+    """:func:`strongroom.interfaces.entry.wal_settings` reads the spool and data directory
+    itself only when no other ``BACKUP_WAL_*`` name is set: every other name
+    ``load_wal_settings`` reads must be one of those (else a bad value would pass unseen)."""
+    from strongroom.config import load_wal_settings
+
+    read: set[str] = set()
+
+    class Recorder(dict[str, str]):
+        def get(self, name: str, default: object = None) -> object:  # type: ignore[override]
+            read.add(name)
+            return default
+
+    load_wal_settings(Recorder())
+    assert {"BACKUP_WAL_SPOOL_DIR", "STRONGROOM_PGDATA"} <= read
+    assert {
+        n for n in read if n != "STRONGROOM_PGDATA" and not n.startswith("BACKUP_WAL_")
+    } == set()
 
 
 def _same_as_cli(tmp_path: Path, argv: list[str], record: Path) -> tuple[int, str]:
@@ -98,6 +138,16 @@ def _same_as_cli(tmp_path: Path, argv: list[str], record: Path) -> tuple[int, st
     assert ours[:3] == cli[:3]
     assert "strongroom.interfaces.cli" in ours[3]  # it was the CLI that answered
     return ours[0], ours[2]
+
+
+def test_a_blank_spool_setting_in_the_environment_leaves_the_files_value(tmp_path: Path) -> None:
+    segment, record, config = _cluster(tmp_path)
+    argv = ["--config", str(config), "wal-push", str(segment)]
+    code, _, err, loaded = _run(
+        "strongroom.interfaces.entry", argv, tmp_path, BACKUP_WAL_SPOOL_DIR="  "
+    )
+    assert (code, err) == (0, "") and not record.exists()
+    assert "strongroom.interfaces.cli" not in loaded
 
 
 def test_a_foreign_cluster_is_refused_as_the_cli_refuses_it(tmp_path: Path) -> None:
@@ -150,3 +200,27 @@ def test_only_the_plain_command_line_is_answered_before_the_cli(
     words: list[str], plain: tuple[str, str | None] | None
 ) -> None:
     assert plain_wal_push(words) == plain
+
+
+@pytest.mark.parametrize("size", [0, 40, 8192, 8193, (1 << 18) + 8191, (1 << 20) + 5])
+def test_the_fast_path_hashes_the_whole_file_through_its_small_buffer(
+    tmp_path: Path, size: int
+) -> None:
+    from strongroom.services.wal_cluster import HEAD_BYTES, hash_wal_file
+
+    data = os.urandom(size)
+    file = tmp_path / NAME
+    file.write_bytes(data)
+    assert hash_wal_file(file) == (data[:HEAD_BYTES], hashlib.sha256(data).hexdigest())
+
+
+def test_a_missing_file_is_the_same_error_as_reading_it_whole(tmp_path: Path) -> None:
+    from strongroom.errors import ConfigError
+    from strongroom.services.wal_cluster import hash_wal_file, read_wal_file
+
+    missing = tmp_path / NAME
+    with pytest.raises(ConfigError) as whole:
+        read_wal_file(missing)
+    with pytest.raises(ConfigError) as hashed:
+        hash_wal_file(missing)
+    assert str(whole.value) == str(hashed.value)

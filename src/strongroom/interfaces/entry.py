@@ -58,10 +58,10 @@ def pushed_ahead(path: str, config_file: str | None) -> int | None:
 
     try:
         with signals_interrupt():
-            from strongroom.config import wal_settings_from_env
-            from strongroom.services.wal_cluster import pushed_ahead as answered_from_spool
+            spool_dir, pgdata = wal_settings(config_file)
+            from strongroom.services.wal_cluster import answered_from_spool
 
-            if answered_from_spool(wal_settings_from_env(config_file), path):
+            if answered_from_spool(spool_dir, pgdata, path):
                 return ExitCode.OK
     except Interrupted as exc:
         print(f"strongroom: error: {exc}; nothing was left half-done", file=sys.stderr)
@@ -69,3 +69,32 @@ def pushed_ahead(path: str, config_file: str | None) -> int | None:
     except Exception:  # the CLI repeats the checks and reports the problem, as always
         return None
     return None
+
+
+#: The only settings the answer reads; every other ``BACKUP_WAL_*`` one is a number the CLI's
+#: fast path checks, so when one is set it is read with :func:`strongroom.config.load_wal_settings`.
+SPOOL, PGDATA = "BACKUP_WAL_SPOOL_DIR", "STRONGROOM_PGDATA"
+
+
+def wal_settings(config_file: str | None) -> tuple[str | None, str | None]:
+    """``(spool directory, data directory)`` as :func:`strongroom.config.wal_settings_from_env`
+    reads them: the environment over the config file, blank meaning unset, the same file
+    reader, and the same errors for any other WAL setting (only then is that module loaded,
+    a third of this call's CPU: its dataclasses and number parsers)."""
+    import os
+    from collections import ChainMap
+
+    env = {name: value for name, value in os.environ.items() if value.strip()}
+    path = config_file or env.get("STRONGROOM_CONFIG")
+    if path:
+        from strongroom.configfile import read_config_file
+
+        source = ChainMap(env, read_config_file(path.strip(), None, ()))
+    else:
+        source = ChainMap(env)
+    if any(name.startswith("BACKUP_WAL_") and name != SPOOL for name in source):
+        from strongroom.config import load_wal_settings
+
+        settings = load_wal_settings(source)
+        return settings.spool_dir, settings.pgdata
+    return (source.get(SPOOL, "").strip() or None), (source.get(PGDATA, "").strip() or None)
