@@ -5,6 +5,6 @@ PostgreSQL's ``restore_command`` uses it when strongroom was not started as ``st
 
 import sys
 
-from strongroom.interfaces.cli import main
+from strongroom.interfaces.entry import main
 
 sys.exit(main())

@@ -8,7 +8,10 @@ fix it. Messages never contain secrets.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import ClassVar
+
+TYPE_CHECKING = False  # not typing's: wal-push's fast path imports this module, not typing
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class ExitCode(IntEnum):

@@ -15,9 +15,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
 
 from strongroom.errors import Interrupted
+
+TYPE_CHECKING = False  # not typing's: wal-push's fast path sets these handlers too
+if TYPE_CHECKING:
+    from typing import Any
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 

@@ -67,7 +67,7 @@ def write_launcher(path: Path) -> Path:
     program = (
         "import site, sys\n"
         f"for p in {sites!r}: site.addsitedir(p)\n"
-        "from strongroom.interfaces.cli import main\n"
+        "from strongroom.interfaces.entry import main\n"
         "sys.exit(main())\n"
     )
     command = f"exec {shlex.quote(interpreter())} -E -s -c {shlex.quote(program)}"
