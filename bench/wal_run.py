@@ -526,7 +526,8 @@ def _med(runs: Sequence[ArchiveRun], attr: str) -> float:
 
 
 def section(results: dict[str, Any], command: str) -> str:
-    """The report; a phase given no rounds (``--rounds 0``, ``--backlog-rounds 0``) is left out."""
+    """The report; a phase given no rounds (``--rounds 0``, ``--backlog-rounds 0``,
+    ``--base-repeats 0``, ``--pitr-seconds 0``) is left out."""
     m = results["machine"]
     lines = [
         SECTION_START,
@@ -545,7 +546,9 @@ def section(results: dict[str, Any], command: str) -> str:
         lines += _archive_lines(results["archive"])
     if any(results["backlog"].values()):
         lines += _backlog_lines(results)
-    return "\n".join([*lines, *_base_and_pitr_lines(results)])
+    if results["base"]["ours"]:
+        lines += _base_and_pitr_lines(results)
+    return "\n".join([*lines, SECTION_END])
 
 
 def _archive_lines(runs: dict[str, list[ArchiveRun]]) -> list[str]:
@@ -650,8 +653,10 @@ def _base_and_pitr_lines(results: dict[str, Any]) -> list[str]:
         "",
     ]
     p = results["pitr"]
+    if not p:
+        return lines
     if "error" in p:
-        return [*lines, f"PITR failed: `{p['error'][-300:]}`", "", SECTION_END]
+        return [*lines, f"PITR failed: `{p['error'][-300:]}`", ""]
     lines += [
         f"PITR: base backup of {base['raw_bytes'] / 1e6:.0f} MB plus "
         f"{p['wal_bytes'] / 1e6:.0f} MB of WAL ({p['wal_bytes'] / SEGMENT:.0f} segments) "
@@ -661,7 +666,6 @@ def _base_and_pitr_lines(results: dict[str, Any]) -> list[str]:
         f"({p['history_rows_after']} pgbench_history rows after promotion, as on the source: "
         f"{p['history_rows_source']}).",
         "",
-        SECTION_END,
     ]
     return lines
 
@@ -705,6 +709,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--workdir", type=Path, default=None, help="parent of the temporary directory")
     return p.parse_args(argv)
+
+
+def pitr_phase(bench: WalBench, args: argparse.Namespace) -> dict[str, Any]:
+    """More pgbench after the last base backup, then a PITR to the end of the archive."""
+    cluster = bench.cluster
+    log(f"PITR: {args.pitr_seconds} s of pgbench after the last base backup")
+    lsn0 = cluster.execute("SELECT pg_current_wal_lsn()")[0][0]
+    bench.pgbench(args.pitr_seconds).check()
+    rows = cluster.execute("SELECT count(*) FROM pgbench_history", dbname="bench")
+    wal = cluster.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,))
+    cluster.execute("SELECT pg_switch_wal()")
+    bench.wait_drained(args.drain_timeout)
+    pitr: dict[str, Any] = {"history_rows_source": int(rows[0][0]), "wal_bytes": int(wal[0][0])}
+    try:
+        pitr.update(bench.pitr())
+        log(f"  PITR {pitr['total_seconds']:.1f} s")
+    except (RuntimeError, OSError, psycopg.Error, json.JSONDecodeError) as exc:
+        pitr["error"] = str(exc)[-2000:]  # the rest is still reported
+        log(f"  PITR failed: {exc}")
+    return pitr
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -754,9 +778,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 backlog[name].append(bench.backlog_run(name, args.backlog_rows, args.drain_timeout))
         results["backlog"] = backlog
         results["backlog_rows"] = args.backlog_rows
-        log("base backups")
-        bench.set_archive_command(bench.command("ours_all"))
         base: dict[str, Any] = {"floor": [], "ours": []}
+        if args.base_repeats:
+            log("base backups")
+            bench.set_archive_command(bench.command("ours_all"))
         for _ in range(args.base_repeats):
             base["floor"].append(_base_entry(bench.basebackup_floor()))
             run, doc = bench.base_backup()
@@ -764,21 +789,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             base["raw_bytes"], base["stored_bytes"] = doc["raw_size_bytes"], doc["size_bytes"]
             log(f"  floor {base['floor'][-1]['wall']:.1f} s, base-backup {run.wall:.1f} s")
         results["base"] = base
-        log(f"PITR: {args.pitr_seconds} s of pgbench after the last base backup")
-        lsn0 = cluster.execute("SELECT pg_current_wal_lsn()")[0][0]
-        bench.pgbench(args.pitr_seconds).check()
-        rows = cluster.execute("SELECT count(*) FROM pgbench_history", dbname="bench")
-        wal = cluster.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,))
         results["pitr_seconds"] = args.pitr_seconds
-        cluster.execute("SELECT pg_switch_wal()")
-        bench.wait_drained(args.drain_timeout)
-        results["pitr"] = {"history_rows_source": int(rows[0][0]), "wal_bytes": int(wal[0][0])}
-        try:
-            results["pitr"].update(bench.pitr())
-            log(f"  PITR {results['pitr']['total_seconds']:.1f} s")
-        except (RuntimeError, OSError, psycopg.Error, json.JSONDecodeError) as exc:
-            results["pitr"]["error"] = str(exc)[-2000:]  # the rest is still reported
-            log(f"  PITR failed: {exc}")
+        results["pitr"] = {}
+        if args.base_repeats and args.pitr_seconds:
+            results["pitr"] = pitr_phase(bench, args)
         results.update(date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                        minutes=(time.monotonic() - started) / 60,
                        loadavg_end=os.getloadavg())  # fmt: skip
