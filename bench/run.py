@@ -122,8 +122,9 @@ def log(message: str) -> None:
 
 def precompile(*checkouts: Path) -> None:
     """Byte-compile each checkout's sources once, as ``pip install`` does for an installed
-    package: with ``PYTHONDONTWRITEBYTECODE`` set (as here) and no ``.pyc``, every measured
-    run would compile strongroom from source again (about 70 modules), a cost no install pays."""
+    package: with ``PYTHONDONTWRITEBYTECODE`` set (as here), or run as a user who cannot write
+    ``__pycache__`` (the server's, for ``wal-push``), every measured run would compile
+    strongroom from source again (about 70 modules), a cost no install pays."""
     for checkout in checkouts:
         python = checkout / ".venv" / "bin" / "python"
         subprocess.run(

@@ -58,7 +58,7 @@ import psycopg
 from psycopg import sql
 
 from procmon import Measured, measure, tree_cpu
-from run import NOTES_MARKER, ROOT, _terminate_cleanly, log, machine
+from run import NOTES_MARKER, ROOT, _terminate_cleanly, log, machine, precompile
 from strongroom.core import crypto
 from strongroom.sandbox.launcher import interpreter, write_launcher
 from strongroom.sandbox.pgcluster import SUPERUSER, PgCluster, archive_settings
@@ -431,6 +431,7 @@ class WalBench:
             promote_s = time.monotonic() - t1
             with psycopg.connect(url[: -len("postgres")] + "bench", autocommit=True) as conn:
                 rows = conn.execute("SELECT count(*) FROM pgbench_history").fetchone()
+            balance_after = balance(url[: -len("postgres")] + "bench")
         finally:
             subprocess.run(
                 as_server(
@@ -454,6 +455,7 @@ class WalBench:
             "total_seconds": restore_s + promote_s,
             "restore_cpu": restore.cpu_by_name(),
             "history_rows_after": int(rows[0]) if rows else None,
+            "balance_after": balance_after,
             "base_backup": report.get("backup_id") or report.get("id"),
             "report": report,
         }
@@ -492,7 +494,7 @@ def reference_launcher(work: Path, rev: str) -> None:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True,
                              capture_output=True).stdout  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-    compile_bytecode(src / "src")
+    precompile(src)
     sites = [p for p in site.getsitepackages() if Path(p).is_dir()]
     program = (
         "import site, sys\n"
@@ -505,14 +507,6 @@ def reference_launcher(work: Path, rev: str) -> None:
     path = work / "strongroom-ref"
     path.write_text(f'#!/bin/sh\n{command} "$@"\n')
     os.chmod(path, 0o755)
-
-
-def compile_bytecode(tree: Path) -> None:
-    """Byte-compile ``tree`` as pip does an installed wheel: the server's OS user cannot write
-    ``__pycache__`` in a checkout, so without it every call would compile every module it
-    imports, and a candidate measured that way pays for how it was installed."""
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree)], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
 
 
 def install_barman(work: Path) -> tuple[Path, str]:
@@ -669,11 +663,13 @@ def _base_and_pitr_lines(results: dict[str, Any]) -> list[str]:
     lines += [
         f"PITR: base backup of {base['raw_bytes'] / 1e6:.0f} MB plus "
         f"{p['wal_bytes'] / 1e6:.0f} MB of WAL ({p['wal_bytes'] / SEGMENT:.0f} segments) "
-        f"written after it in {results['pitr_seconds']} s of pgbench: `pitr-restore --latest` "
+        f"written after it in {results['pitr_seconds']} s of pgbench"
+        f"{' and bulk updates' if results.get('pitr_wal_mb') else ''}: `pitr-restore --latest` "
         f"{p['restore_seconds']:.1f} s, server start to "
         f"promoted {p['start_to_promoted_seconds']:.1f} s, total {p['total_seconds']:.1f} s "
         f"({p['history_rows_after']} pgbench_history rows after promotion, as on the source: "
-        f"{p['history_rows_source']}).",
+        f"{p['history_rows_source']}; sum(abalance) {p.get('balance_after')}, on the source "
+        f"{p.get('balance_source')}).",
         "",
     ]
     return lines
@@ -709,6 +705,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="rounds of all candidates (default 3)")
     p.add_argument("--base-repeats", type=int, default=2, help="base backup rounds (default 2)")
     p.add_argument("--pitr-seconds", type=int, default=60, help="pgbench -T after the base")
+    p.add_argument(
+        "--pitr-wal-mb",
+        type=int,
+        default=0,
+        help="then bulk updates until this many MB of WAL follow the base backup",
+    )
     p.add_argument("--backlog-rounds", type=int, default=2, help="backlog drains (default 2)")
     p.add_argument("--backlog-rows", type=int, default=1_000_000,
                    help="pgbench_accounts rows updated for the backlog")  # fmt: skip
@@ -720,17 +722,50 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def write_wal(bench: WalBench, lsn0: str, wal_bytes: int, drain_timeout: float) -> None:
+    """Bulk updates of ``pgbench_accounts`` (archiving on) until ``wal_bytes`` of WAL follow
+    ``lsn0``: the "1 GB of WAL" a PITR replays, written in minutes instead of pgbench's hour."""
+    cluster, batch, start = bench.cluster, 200_000, 1
+    accounts = int(cluster.execute("SELECT max(aid) FROM pgbench_accounts", dbname="bench")[0][0])
+    while True:
+        done = cluster.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,))
+        if int(done[0][0]) >= wal_bytes:
+            break
+        cluster.execute(
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN %s AND %s",
+            (start, start + batch - 1),
+            dbname="bench",
+        )
+        start = start + batch if start + batch <= accounts else 1
+        if bench.ready() > 64:  # let archiving keep up, as it would under a real load
+            bench.wait_drained(drain_timeout)
+    log(f"  {int(done[0][0]) / 1e6:.0f} MB of WAL after the base backup")
+
+
+def balance(url: str) -> int:
+    """``sum(abalance)`` of ``pgbench_accounts``: every update replayed or not."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT sum(abalance) FROM pgbench_accounts").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def pitr_phase(bench: WalBench, args: argparse.Namespace) -> dict[str, Any]:
     """More pgbench after the last base backup, then a PITR to the end of the archive."""
     cluster = bench.cluster
     log(f"PITR: {args.pitr_seconds} s of pgbench after the last base backup")
     lsn0 = cluster.execute("SELECT pg_current_wal_lsn()")[0][0]
     bench.pgbench(args.pitr_seconds).check()
+    if args.pitr_wal_mb:
+        write_wal(bench, lsn0, args.pitr_wal_mb * 1_000_000, args.drain_timeout)
     rows = cluster.execute("SELECT count(*) FROM pgbench_history", dbname="bench")
     wal = cluster.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,))
     cluster.execute("SELECT pg_switch_wal()")
     bench.wait_drained(args.drain_timeout)
-    pitr: dict[str, Any] = {"history_rows_source": int(rows[0][0]), "wal_bytes": int(wal[0][0])}
+    pitr: dict[str, Any] = {
+        "history_rows_source": int(rows[0][0]),
+        "wal_bytes": int(wal[0][0]),
+        "balance_source": balance(cluster.url("bench")),
+    }
     try:
         pitr.update(bench.pitr())
         log(f"  PITR {pitr['total_seconds']:.1f} s")
@@ -760,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "archive_timeout": args.archive_timeout,
                                    "loadavg_start": os.getloadavg(),
                                    "barman_version": barman_version}  # fmt: skip
-        compile_bytecode(ROOT / "src")
+        precompile(ROOT)
         bench = WalBench(cluster, s3, work, barman)
         if args.reference:
             reference_launcher(work, args.reference)
@@ -800,6 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"  floor {base['floor'][-1]['wall']:.1f} s, base-backup {run.wall:.1f} s")
         results["base"] = base
         results["pitr_seconds"] = args.pitr_seconds
+        results["pitr_wal_mb"] = args.pitr_wal_mb
         results["pitr"] = {}
         if args.base_repeats and args.pitr_seconds:
             results["pitr"] = pitr_phase(bench, args)
