@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from walsupport import FOREIGN, NAME, SYSTEM_ID, pushed_ahead_cluster
 
 from strongroom.interfaces.entry import plain_wal_push
 
-#: Variables of the developer's shell that would change what the command does.
-FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
-SEGMENT_SIZE = 1 << 20
-SYSTEM_ID = 7_311_000_000_000_000_001
-NAME = "000000010000000000000001"
 #: Runs ``main`` of the module named by the first argument with the rest as the command line;
 #: writes ``sys.modules`` to the file named by the second as the process exits.
 RUN = (
@@ -27,33 +22,6 @@ RUN = (
     "atexit.register(lambda: open(out, 'w').write('\\n'.join(sys.modules)))\n"
     "sys.exit(importlib.import_module(module).main())\n"
 )
-
-
-def _cluster(tmp_path: Path, *, control_id: int = SYSTEM_ID) -> tuple[Path, Path, Path]:
-    """A data directory with one segment pushed ahead (its record in the spool), and a config
-    file naming three locations; ``(segment, record, config file)``."""
-    data = tmp_path / "data"
-    (data / "global").mkdir(parents=True)
-    (data / "pg_wal").mkdir()
-    (data / "global" / "pg_control").write_bytes(struct.pack("<Q", control_id) + bytes(8184))
-    segment = data / "pg_wal" / NAME
-    header = struct.pack(
-        "<HHIQI4xQII", 0xD110, 2, 1, SEGMENT_SIZE, 0, SYSTEM_ID, SEGMENT_SIZE, 8192
-    )
-    segment.write_bytes(header + bytes(SEGMENT_SIZE - len(header)))
-    record = tmp_path / "spool" / "pushed" / NAME
-    record.parent.mkdir(parents=True)
-    record.write_text(hashlib.sha256(segment.read_bytes()).hexdigest())
-    config = tmp_path / "strongroom.env"
-    config.write_text(
-        f"BACKUP_WAL_SPOOL_DIR={tmp_path / 'spool'}\n"
-        "STRONGROOM_LOCATIONS=local,r2,b2\n"
-        f"BACKUP_LOCAL_PATH={tmp_path / 'local'}\n"
-        "R2_BUCKET_NAME=r2-backups\nR2_ENDPOINT_URL=http://127.0.0.1:9\n"
-        "B2_BUCKET_NAME=b2-backups\nB2_ENDPOINT_URL=http://127.0.0.1:9\n"
-    )
-    config.chmod(0o600)
-    return segment, record, config
 
 
 def _run(
@@ -77,7 +45,7 @@ def _run(
 def test_a_pushed_ahead_file_is_answered_without_the_cli_argparse_or_logging(
     tmp_path: Path,
 ) -> None:
-    segment, record, config = _cluster(tmp_path)
+    segment, record, config = pushed_ahead_cluster(tmp_path)
     argv = ["--config", str(config), "wal-push", str(segment)]
     code, out, err, loaded = _run("strongroom.interfaces.entry", argv, tmp_path)
     assert (code, out, err) == (0, "", "")
@@ -96,7 +64,7 @@ def test_the_config_file_may_be_named_by_the_environment_and_other_wal_settings_
 ) -> None:
     """``STRONGROOM_CONFIG`` instead of ``--config``; a WAL setting besides the spool (a number
     the CLI's fast path checks) is then read by the configuration module, and still answered."""
-    segment, record, config = _cluster(tmp_path)
+    segment, record, config = pushed_ahead_cluster(tmp_path)
     config.write_text(config.read_text() + "BACKUP_WAL_PUSH_AHEAD=8\n")
     argv = ["wal-push", str(segment)]
     code, out, err, loaded = _run(
@@ -141,7 +109,7 @@ def _same_as_cli(tmp_path: Path, argv: list[str], record: Path) -> tuple[int, st
 
 
 def test_a_blank_spool_setting_in_the_environment_leaves_the_files_value(tmp_path: Path) -> None:
-    segment, record, config = _cluster(tmp_path)
+    segment, record, config = pushed_ahead_cluster(tmp_path)
     argv = ["--config", str(config), "wal-push", str(segment)]
     code, _, err, loaded = _run(
         "strongroom.interfaces.entry", argv, tmp_path, BACKUP_WAL_SPOOL_DIR="  "
@@ -151,7 +119,7 @@ def test_a_blank_spool_setting_in_the_environment_leaves_the_files_value(tmp_pat
 
 
 def test_a_foreign_cluster_is_refused_as_the_cli_refuses_it(tmp_path: Path) -> None:
-    segment, record, config = _cluster(tmp_path, control_id=SYSTEM_ID + 1)
+    segment, record, config = pushed_ahead_cluster(tmp_path, control_id=SYSTEM_ID + 1)
     argv = ["--config", str(config), "wal-push", str(segment)]
     code, err = _same_as_cli(tmp_path, argv, record)
     assert code != 0 and "belongs to the cluster with system identifier" in err
@@ -159,14 +127,14 @@ def test_a_foreign_cluster_is_refused_as_the_cli_refuses_it(tmp_path: Path) -> N
 
 
 def test_a_missing_config_file_is_the_clis_error(tmp_path: Path) -> None:
-    segment, record, _ = _cluster(tmp_path)
+    segment, record, _ = pushed_ahead_cluster(tmp_path)
     argv = ["--config", str(tmp_path / "nowhere.env"), "wal-push", str(segment)]
     code, err = _same_as_cli(tmp_path, argv, record)
     assert code != 0 and "nowhere.env does not exist" in err
 
 
 def test_a_bad_wal_setting_is_the_clis_error_even_with_a_record(tmp_path: Path) -> None:
-    segment, record, config = _cluster(tmp_path)
+    segment, record, config = pushed_ahead_cluster(tmp_path)
     config.write_text(config.read_text() + "BACKUP_WAL_PUSH_AHEAD=lots\n")
     argv = ["--config", str(config), "wal-push", str(segment)]
     code, err = _same_as_cli(tmp_path, argv, record)
@@ -174,7 +142,7 @@ def test_a_bad_wal_setting_is_the_clis_error_even_with_a_record(tmp_path: Path) 
 
 
 def test_verbose_is_the_clis_log_line(tmp_path: Path) -> None:
-    segment, record, config = _cluster(tmp_path)
+    segment, record, config = pushed_ahead_cluster(tmp_path)
     argv = ["-v", "--config", str(config), "wal-push", str(segment)]
     code, err = _same_as_cli(tmp_path, argv, record)
     assert code == 0 and "pushed ahead earlier, checked" in err

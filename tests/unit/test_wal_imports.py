@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
+from walsupport import FOREIGN, pushed_ahead_cluster
+
 HEAVY = ("django", "celery", "boto3", "rich", "psycopg", "strongroom.catalog")
-#: Variables of the developer's shell that would change what the command does.
-FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -46,35 +44,13 @@ EXIT_HOOK = (
     "from strongroom.interfaces.cli import main\n"
     "sys.exit(main())\n"
 )
-SEGMENT_SIZE = 1 << 20
-SYSTEM_ID = 7_311_000_000_000_000_001
 
 
 def test_the_fast_path_of_a_real_call_imports_no_storage_backend(tmp_path: Path) -> None:
     """``wal-push`` for a file pushed ahead: answered from the spool, with nothing of the
     storage backends, boto3, the codecs, the cipher or Django loaded, even though the config
     file names three locations (the settings of each are a backend module's)."""
-    data = tmp_path / "data"
-    (data / "global").mkdir(parents=True)
-    (data / "pg_wal").mkdir()
-    (data / "global" / "pg_control").write_bytes(struct.pack("<Q", SYSTEM_ID) + bytes(8184))
-    segment = data / "pg_wal" / "000000010000000000000001"
-    header = struct.pack(
-        "<HHIQI4xQII", 0xD110, 2, 1, SEGMENT_SIZE, 0, SYSTEM_ID, SEGMENT_SIZE, 8192
-    )
-    segment.write_bytes(header + bytes(SEGMENT_SIZE - len(header)))
-    record = tmp_path / "spool" / "pushed" / segment.name
-    record.parent.mkdir(parents=True)
-    record.write_text(hashlib.sha256(segment.read_bytes()).hexdigest())
-    config = tmp_path / "strongroom.env"
-    config.write_text(
-        f"BACKUP_WAL_SPOOL_DIR={tmp_path / 'spool'}\n"
-        "STRONGROOM_LOCATIONS=local,r2,b2\n"
-        f"BACKUP_LOCAL_PATH={tmp_path / 'local'}\n"
-        "R2_BUCKET_NAME=r2-backups\nR2_ENDPOINT_URL=http://127.0.0.1:9\n"
-        "B2_BUCKET_NAME=b2-backups\nB2_ENDPOINT_URL=http://127.0.0.1:9\n"
-    )
-    config.chmod(0o600)
+    segment, record, config = pushed_ahead_cluster(tmp_path)
     modules = tmp_path / "modules.txt"
     env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
     argv = ["--config", str(config), "wal-push", str(segment)]
