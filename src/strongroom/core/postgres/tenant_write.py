@@ -223,8 +223,7 @@ def _classify(
     query = sql.SQL(
         "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT"
         " CASE WHEN {} IS NULL THEN 'i' WHEN {} IS NULL THEN 'd' ELSE 'u' END AS {}, {}"
-        " FROM ({}) AS t FULL JOIN {} AS s ON {}"
-        " WHERE {} IS NULL OR {} IS NULL OR NOT record_image_eq({}, {})"
+        " {} WHERE {} IS NULL OR {} IS NULL OR NOT record_image_eq({}, {})"
     ).format(
         diff, t_key, s_key, _OP,
         sql.SQL(", ").join(
@@ -233,7 +232,7 @@ def _classify(
             )
             for c in key
         ),
-        _mine(s, tenant), s.into, _same(key),
+        _full_join(s, key, tenant),
         t_key, s_key, _row("t", s.columns), _row("s", s.columns),
     )  # fmt: skip
     started = time.monotonic()
@@ -245,28 +244,28 @@ def _classify(
     return diff
 
 
-def _mine(s: Staged, tenant: str) -> sql.Composed:
-    """The tenant's current rows of the table, the staged columns."""
-    return sql.SQL("SELECT {} FROM {} WHERE {}").format(
+def _full_join(s: Staged, key: tuple[str, ...], tenant: str) -> sql.Composed:
+    """``FROM`` the tenant's current rows (``t``, the staged columns) ``FULL JOIN`` the staged
+    ones (``s``) on the key: what the classifying and the proving joins both compare."""
+    mine = sql.SQL("SELECT {} FROM {} WHERE {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in s.columns),
         s.table.source(),
         is_tenant(s.table.filter_column, tenant),
     )
+    return sql.SQL("FROM ({}) AS t FULL JOIN {} AS s ON {}").format(mine, s.into, _same(key))
 
 
 def _check_same(conn: Conn, s: Staged, key: tuple[str, ...], tenant: str) -> int:
     """The tenant's rows of the table, proven equal to the staged ones; ``_NotTheSame`` if not."""
-    mine = _mine(s, tenant)
     t_key, s_key = sql.Identifier("t", key[0]), sql.Identifier("s", key[0])
     query = sql.SQL(
         "SELECT count({}), count(*) FILTER (WHERE {} IS NULL),"
         " count(*) FILTER (WHERE {} IS NULL),"
         " count(*) FILTER (WHERE {} IS NOT NULL AND {} IS NOT NULL"
-        " AND NOT record_image_eq({}, {}))"
-        " FROM ({}) AS t FULL JOIN {} AS s ON {}"
+        " AND NOT record_image_eq({}, {})) {}"
     ).format(
         t_key, s_key, t_key, t_key, s_key, _row("t", s.columns), _row("s", s.columns),
-        mine, s.into, _same(key),
+        _full_join(s, key, tenant),
     )  # fmt: skip
     started = time.monotonic()
     row = conn.execute(query).fetchone()
