@@ -102,17 +102,23 @@ def test_pg_dump_gets_the_connection_and_no_secret(
     assert env["PGDATABASE"] == target.dbname and env["PGHOST"] == target.params["host"]
 
 
-def _child(name: str, timeout: float = 10.0) -> int:
-    """The pid of this process's child running ``name``, once it has started."""
+def _child(name: str, argument: str, timeout: float = 10.0) -> int:
+    """The pid of this process's child running ``name`` with ``argument`` on its command line,
+    once it has started (not the short ``name --version`` probe that may run first)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for entry in Path("/proc").iterdir():
             try:
                 stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
             except (OSError, ValueError):
                 continue
             comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.split(") ")[1]
-            if comm == name and int(fields.split()[1]) == os.getpid():
+            if (
+                comm == name
+                and int(fields.split()[1]) == os.getpid()
+                and os.fsencode(argument) in argv
+            ):
                 return int(entry.name)
         time.sleep(0.01)
     raise AssertionError(f"no {name} child appeared within {timeout:g} s")
@@ -135,7 +141,7 @@ def test_pg_restore_gets_the_connection_and_no_secret(
     runner = threading.Thread(target=restore, daemon=True)
     runner.start()
     try:
-        env = _environ(_child("pg_restore"))
+        env = _environ(_child("pg_restore", str(archive)))
     finally:
         with archive.open("wb"):
             pass  # an empty archive: pg_restore ends with an error naming it
