@@ -3,7 +3,10 @@
 No unauthenticated or checksum-failing byte ever reaches pg_restore: the archive is decrypted
 into a private scratch file (0700 directory) and pg_restore starts only once the whole object
 authenticated and its SHA-256 matched. That file also gives pg_restore the seekable archive that
-parallel restore needs.
+parallel restore needs, and, as it is written, the data offsets pg_dump could not record while
+writing to a pipe are found and put into its table of contents
+(:mod:`strongroom.core.postgres.archive_offsets`), so pg_restore's workers seek to a table's
+data instead of walking every row before it.
 
 A restore either happens whole or leaves the target as it found it:
 
@@ -246,6 +249,40 @@ def make_scratch(parent: str | None) -> Path:
         ) from None
 
 
+def _fetch_one(
+    runtime: Runtime,
+    copy: CopyRef,
+    archive: Path,
+    progress: Callable[[int], None] | None,
+    kinds: Collection[str],
+) -> Manifest:
+    """One copy verified into ``archive``, then the data offsets found put into it (only
+    pg_restore's speed hangs on them: an archive without them restores as pg_dump wrote it)."""
+    offsets = postgres.OffsetIndexer()
+    with archive.open("wb") as out:
+
+        def sink(chunk: bytes) -> None:
+            out.write(chunk)
+            offsets.feed(chunk)
+
+        manifest, _ = read_copy(
+            copy.location,
+            copy.key,
+            copy.manifest_key,
+            runtime.keyring,
+            expected_sha256=copy.expected_sha256,
+            sink=sink,
+            progress=progress,
+            kinds=kinds,
+        )
+    written = offsets.patch(archive)
+    if offsets.stopped:
+        log.debug("data offsets not recorded (%s)", offsets.stopped)
+    else:
+        log.debug("data offsets recorded for %d tables", written)
+    return manifest
+
+
 def _fetch_first_intact(
     runtime: Runtime,
     copies: list[CopyRef],
@@ -257,18 +294,7 @@ def _fetch_first_intact(
     skipped: list[str] = []
     for copy in copies:
         try:
-            with archive.open("wb") as out:
-                manifest, _ = read_copy(
-                    copy.location,
-                    copy.key,
-                    copy.manifest_key,
-                    runtime.keyring,
-                    expected_sha256=copy.expected_sha256,
-                    sink=out.write,
-                    progress=progress,
-                    kinds=kinds,
-                )
-            return copy, manifest, skipped
+            return copy, _fetch_one(runtime, copy, archive, progress, kinds), skipped
         except (WrongKeyError, WrongBackupKind):
             raise  # every copy needs the same key (and is the same kind): not a fallback case
         except StrongroomError as exc:

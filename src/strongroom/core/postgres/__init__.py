@@ -10,6 +10,7 @@
 * ``drill``: the throwaway databases of restore drills (``strongroom_drill_*``).
 * ``roles``: the least-privilege backup role of ``strongroom setup-role``.
 * ``archiver``: ``pg_stat_archiver``, the server's own record of archived WAL.
+* ``archive_offsets``: the data offsets a pipe-written custom archive lacks, put back in its copy.
 * ``archiving``: the archive mode, the current segment and the data directory, for ``check``.
 
 Callers use the names re-exported here (``postgres.preflight(...)``), not the modules.
@@ -17,6 +18,7 @@ Callers use the names re-exported here (``postgres.preflight(...)``), not the mo
 
 from __future__ import annotations
 
+from strongroom.core.postgres.archive_offsets import OffsetIndexer
 from strongroom.core.postgres.archiver import ArchiverStatus, archiver_status
 from strongroom.core.postgres.archiving import ServerArchiving, server_archiving
 from strongroom.core.postgres.binaries import binary_version, find_binary
@@ -47,6 +49,7 @@ __all__ = [
     "ArchiverStatus",
     "ConnInfo",
     "DumpProcess",
+    "OffsetIndexer",
     "Preflight",
     "Replacement",
     "ServerArchiving",

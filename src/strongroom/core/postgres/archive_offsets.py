@@ -1,0 +1,235 @@
+"""Data offsets for a custom-format archive that pg_dump wrote to a pipe.
+
+pg_dump writes a custom archive's table of contents first and its data after; written to a
+file it seeks back at the end and fills in where each table's data starts, written to a pipe
+(as every strongroom backup is) it cannot, and every entry says "position not set". pg_restore
+then finds a table's data by walking the archive block by block, and with ``-Z0`` a block is
+one chunk per row: millions of small reads and seeks, in every parallel worker, before the
+first row of a large table loads.
+
+The scratch copy a restore writes is a file, so the offsets can be put back: this module reads
+the table of contents (``pg_backup_archiver.c``: ``WriteHead``/``WriteToc``, archive versions
+1.12 to 1.16), finds each table's data block as the bytes go by, and afterwards writes the
+offsets into the entries in place, as pg_dump would have with a seekable output.
+
+How a block is found without walking its chunks: a data block ends with a zero-length chunk
+(five zero bytes: sign and a 4-byte length) and the next one starts with the byte 1 and its
+dump id. COPY's text format (the only thing in a table's data block) never holds a zero byte,
+and a chunk header is a zero sign byte plus a non-zero length, so five zero bytes followed by
+``01 00`` occur only at a block boundary or inside a small dump id next to a length that is a
+multiple of 256; the id read after the match must then be a data entry not yet found, later in
+the archive than the last one, so a false match would need a dump id of 16 million or more.
+Anything unexpected (another integer size, large objects, an entry not found) leaves those
+entries as pg_dump wrote them: pg_restore then walks to them as it always did. The offsets only
+save pg_restore the walk; they never decide what is restored.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+
+MAGIC = b"PGDMP"
+_FORMAT_CUSTOM = 1
+_POS_NOT_SET, _POS_SET = 1, 2
+_BLK_DATA = 1
+_MIN_VERSION, _MAX_VERSION = (1, 12), (1, 16)
+#: A header and table of contents larger than this (a schema of very many objects) is not read.
+MAX_TOC_BYTES = 64 << 20
+_BOUNDARY = b"\x00" * 5 + bytes([_BLK_DATA, 0])
+
+
+class _Short(Exception):
+    """The table of contents continues past the bytes seen so far."""
+
+
+class _Unsupported(Exception):
+    """Not an archive this module knows how to index; leave it as it is."""
+
+
+@dataclass
+class _Entry:
+    dump_id: int
+    desc: str
+    offset_field: int  # file position of the entry's offset flag byte
+    state: int
+
+
+@dataclass
+class _Toc:
+    int_size: int
+    off_size: int
+    data_start: int
+    entries: list[_Entry]
+
+
+class _Reader:
+    """Reads the archive's integers and strings (``ReadInt``/``ReadStr``) from a buffer."""
+
+    def __init__(self, buf: bytes | bytearray) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.int_size = 4
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.buf):
+            raise _Short
+        data = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return data
+
+    def byte(self) -> int:
+        return self.take(1)[0]
+
+    def int(self) -> int:
+        sign = self.byte()
+        value = int.from_bytes(self.take(self.int_size), "little")
+        return -value if sign else value
+
+    def str(self) -> str | None:
+        length = self.int()
+        if length < 0:
+            return None
+        return self.take(length).decode("utf-8", "replace")
+
+
+def parse_toc(buf: bytes | bytearray) -> _Toc:
+    """The header and table of contents at the start of ``buf`` (raises ``_Short`` when more
+    bytes are needed, ``_Unsupported`` for an archive this module leaves alone)."""
+    r = _Reader(buf)
+    if r.take(5) != MAGIC:
+        raise _Unsupported("not a custom-format archive")
+    version = (r.byte(), r.byte())
+    r.byte()  # revision
+    if not _MIN_VERSION <= version <= _MAX_VERSION:
+        raise _Unsupported(f"archive version {version[0]}.{version[1]}")
+    r.int_size, off_size = r.byte(), r.byte()
+    if r.int_size != 4 or off_size != 8 or r.byte() != _FORMAT_CUSTOM:
+        raise _Unsupported("integer or offset size, or format")
+    if version >= (1, 15):
+        r.byte()  # compression algorithm
+    else:
+        r.int()  # compression level
+    for _ in range(7):  # creation time
+        r.int()
+    for _ in range(3):  # database name, server version, pg_dump version
+        r.str()
+    entries = [_read_entry(r, version) for _ in range(r.int())]
+    return _Toc(r.int_size, off_size, r.pos, entries)
+
+
+def _read_entry(r: _Reader, version: tuple[int, int]) -> _Entry:
+    dump_id = r.int()
+    r.int()  # had dumper
+    r.str(), r.str()  # table oid, oid
+    r.str()  # tag
+    desc = r.str() or ""
+    r.int()  # section
+    for _ in range(6):  # definition, drop, copy, namespace, tablespace, table access method
+        r.str()
+    if version >= (1, 16):
+        r.int()  # relkind
+    r.str(), r.str()  # owner, "false" (WITH OIDS)
+    while r.str() is not None:  # dependencies, ended by a null string
+        pass
+    offset_field = r.pos
+    state = r.byte()
+    r.take(8)
+    return _Entry(dump_id, desc, offset_field, state)
+
+
+@dataclass
+class OffsetIndexer:
+    """Fed the archive's bytes in order; finds each table's data block; then patches the file.
+
+    ``feed`` never raises for what it cannot index: it stops looking and :meth:`patch` then
+    writes only what was found before that (usually all or nothing).
+    """
+
+    _head: bytearray = field(default_factory=bytearray)
+    _toc: _Toc | None = None
+    _pos: int = 0  # archive position of the next byte fed
+    _tail: bytes = b""  # the last bytes fed, for a boundary split between two chunks
+    _pending: dict[int, _Entry] = field(default_factory=dict)  # dump id -> data entry to find
+    _order: dict[int, int] = field(default_factory=dict)  # dump id -> its place in the TOC
+    _last: int = -1  # TOC place of the last block found
+    found: dict[int, int] = field(default_factory=dict)  # dump id -> block position
+    stopped: str = ""  # why indexing stopped early, if it did
+
+    def feed(self, data: bytes | memoryview) -> None:
+        if self.stopped:
+            return
+        if self._toc is None:
+            self._head += data
+            self._pos += len(data)
+            self._read_toc()
+            return
+        self._scan(bytes(data))
+
+    def _read_toc(self) -> None:
+        try:
+            toc = parse_toc(self._head)
+        except _Short:
+            if len(self._head) > MAX_TOC_BYTES:
+                self._stop("table of contents too large")
+            return
+        except _Unsupported as exc:
+            self._stop(str(exc))
+            return
+        self._toc = toc
+        for place, e in enumerate(toc.entries):
+            if e.state == _POS_NOT_SET:
+                if e.desc != "TABLE DATA":
+                    self._stop(f"data of another kind ({e.desc})")
+                    return
+                self._pending[e.dump_id] = e
+                self._order[e.dump_id] = place
+        rest = bytes(self._head[toc.data_start :])
+        self._head = bytearray()
+        self._pos = toc.data_start
+        # the first block follows the table of contents with no end chunk before it: five
+        # zero bytes in front of it, as if there were one, let the same search find it
+        self._tail = _BOUNDARY[:5]
+        self._scan(rest)
+
+    def _scan(self, data: bytes) -> None:
+        window = self._tail + data
+        base = self._pos - len(self._tail)
+        start = 0
+        while self._pending:
+            hit = window.find(_BOUNDARY, start)
+            if hit < 0 or hit + len(_BOUNDARY) + 4 > len(window):
+                break
+            block = hit + 5
+            self._claim(struct.unpack_from("<I", window, block + 2)[0], base + block)
+            start = hit + 1
+        keep = len(_BOUNDARY) + 3  # a boundary and id that straddle this chunk and the next
+        self._tail = window[-keep:] if len(window) > keep else window
+        self._pos += len(data)
+
+    def _claim(self, dump_id: int, position: int) -> None:
+        place = self._order.get(dump_id)
+        if place is None or dump_id not in self._pending or place <= self._last:
+            return  # not a block boundary (see the module docstring)
+        self._last = place
+        del self._pending[dump_id]
+        self.found[dump_id] = position
+
+    def _stop(self, why: str) -> None:
+        self.stopped = why
+        self._head = bytearray()
+
+    def patch(self, path: str | os.PathLike[str]) -> int:
+        """Write the offsets found into ``path``'s table of contents; how many were written."""
+        if self._toc is None or not self.found:
+            return 0
+        entries = {e.dump_id: e for e in self._toc.entries}
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for dump_id, position in self.found.items():
+                field_bytes = bytes([_POS_SET]) + position.to_bytes(8, "little")
+                os.pwrite(fd, field_bytes, entries[dump_id].offset_field)
+        finally:
+            os.close(fd)
+        return len(self.found)
