@@ -8,7 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from strongroom.core.postgres import archive_offsets
 from strongroom.core.postgres.archive_offsets import OffsetIndexer, parse_toc
+
+SEARCHES = {"memmem": archive_offsets._libc_memmem(), "bytes.find": archive_offsets._bytes_find}
+
+
+@pytest.fixture(autouse=True, params=sorted(SEARCHES))
+def search(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test with libc's memmem and with the fallback."""
+    find = SEARCHES[request.param]
+    assert find is not None, "memmem(3) is missing from this libc"
+    monkeypatch.setattr(archive_offsets, "_find", find)
 
 
 def _int(value: int) -> bytes:

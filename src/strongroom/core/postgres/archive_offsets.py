@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAGIC = b"PGDMP"
@@ -38,6 +39,38 @@ _MIN_VERSION, _MAX_VERSION = (1, 12), (1, 16)
 #: A header and table of contents larger than this (a schema of very many objects) is not read.
 MAX_TOC_BYTES = 64 << 20
 _BOUNDARY = b"\x00" * 5 + bytes([_BLK_DATA, 0])
+#: Bytes kept from one chunk for the next: a boundary and its 4-byte id may straddle the two.
+_KEEP = len(_BOUNDARY) + 4 - 1
+
+
+def _libc_memmem() -> Callable[[bytes, int], int] | None:
+    """``memmem(3)`` for the boundary: about twice as fast as ``bytes.find`` on this data, and
+    it runs without the GIL, beside the read-back's other stages. None where libc has none."""
+    try:
+        import ctypes
+
+        memmem = ctypes.CDLL(None).memmem
+    except (OSError, AttributeError, ImportError):
+        return None
+    memmem.restype = ctypes.c_void_p
+    memmem.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+    width = len(_BOUNDARY)
+
+    def find(buf: bytes, start: int) -> int:
+        base = ctypes.cast(ctypes.c_char_p(buf), ctypes.c_void_p).value or 0
+        if start >= len(buf):
+            return -1
+        hit = memmem(base + start, len(buf) - start, _BOUNDARY, width)
+        return -1 if not hit else int(hit) - base
+
+    return find
+
+
+def _bytes_find(buf: bytes, start: int) -> int:
+    return buf.find(_BOUNDARY, start)
+
+
+_find: Callable[[bytes, int], int] = _libc_memmem() or _bytes_find
 
 
 class _Short(Exception):
@@ -165,7 +198,7 @@ class OffsetIndexer:
             self._pos += len(data)
             self._read_toc()
             return
-        self._scan(bytes(data))
+        self._scan(data if isinstance(data, bytes) else bytes(data))
 
     def _read_toc(self) -> None:
         try:
@@ -194,19 +227,25 @@ class OffsetIndexer:
         self._scan(rest)
 
     def _scan(self, data: bytes) -> None:
-        window = self._tail + data
-        base = self._pos - len(self._tail)
+        """Search ``data``, and the joint of the last bytes before it with its first ones."""
+        tail = self._tail
+        if tail:
+            self._search(tail + data[:_KEEP], self._pos - len(tail), len(tail))
+        self._search(data, self._pos, len(data))
+        self._tail = (tail + data)[-_KEEP:] if len(data) < _KEEP else data[-_KEEP:]
+        self._pos += len(data)
+
+    def _search(self, buf: bytes, base: int, stop: int) -> None:
+        """Claim each boundary in ``buf`` that starts before ``stop`` and has its id in ``buf``
+        (one that does not is searched again with the next chunk: it is in the kept tail)."""
         start = 0
         while self._pending:
-            hit = window.find(_BOUNDARY, start)
-            if hit < 0 or hit + len(_BOUNDARY) + 4 > len(window):
-                break
+            hit = _find(buf, start)
+            if hit < 0 or hit >= stop or hit + _KEEP + 1 > len(buf):
+                return
             block = hit + 5
-            self._claim(struct.unpack_from("<I", window, block + 2)[0], base + block)
+            self._claim(struct.unpack_from("<I", buf, block + 2)[0], base + block)
             start = hit + 1
-        keep = len(_BOUNDARY) + 3  # a boundary and id that straddle this chunk and the next
-        self._tail = window[-keep:] if len(window) > keep else window
-        self._pos += len(data)
 
     def _claim(self, dump_id: int, position: int) -> None:
         place = self._order.get(dump_id)
