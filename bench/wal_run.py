@@ -843,7 +843,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             run, doc = bench.base_backup()
             base["ours"].append(_base_entry(run))
             base["raw_bytes"], base["stored_bytes"] = doc["raw_size_bytes"], doc["size_bytes"]
+            bench.set_archive_command(bench.command("ours_local"))  # its WAL where it looks
             local, _ = bench.base_backup(local_only=True)
+            bench.set_archive_command(bench.command("ours_all"))
             base["ours_local"].append(_base_entry(local))
             log(
                 f"  floor {base['floor'][-1]['wall']:.1f} s, base-backup {run.wall:.1f} s, "
