@@ -39,8 +39,10 @@ _MIN_VERSION, _MAX_VERSION = (1, 12), (1, 16)
 #: A header and table of contents larger than this (a schema of very many objects) is not read.
 MAX_TOC_BYTES = 64 << 20
 _BOUNDARY = b"\x00" * 5 + bytes([_BLK_DATA, 0])
-#: Bytes kept from one chunk for the next: a boundary and its 4-byte id may straddle the two.
-_KEEP = len(_BOUNDARY) + 4 - 1
+#: A boundary and the 4-byte dump id after it.
+_MATCH = len(_BOUNDARY) + 4
+#: Bytes kept from one chunk for the next: a match may straddle the two.
+_KEEP = _MATCH - 1
 
 
 def _libc_memmem() -> Callable[[bytes, int], int] | None:
@@ -87,12 +89,11 @@ class _Entry:
     desc: str
     offset_field: int  # file position of the entry's offset flag byte
     state: int
+    place: int  # its index in the table of contents
 
 
 @dataclass
 class _Toc:
-    int_size: int
-    off_size: int
     data_start: int
     entries: list[_Entry]
 
@@ -103,7 +104,6 @@ class _Reader:
     def __init__(self, buf: bytes | bytearray) -> None:
         self.buf = buf
         self.pos = 0
-        self.int_size = 4
 
     def take(self, n: int) -> bytes:
         if self.pos + n > len(self.buf):
@@ -117,7 +117,7 @@ class _Reader:
 
     def int(self) -> int:
         sign = self.byte()
-        value = int.from_bytes(self.take(self.int_size), "little")
+        value = int.from_bytes(self.take(4), "little")  # parse_toc accepts no other size
         return -value if sign else value
 
     def str(self) -> str | None:
@@ -137,8 +137,8 @@ def parse_toc(buf: bytes | bytearray) -> _Toc:
     r.byte()  # revision
     if not _MIN_VERSION <= version <= _MAX_VERSION:
         raise _Unsupported(f"archive version {version[0]}.{version[1]}")
-    r.int_size, off_size = r.byte(), r.byte()
-    if r.int_size != 4 or off_size != 8 or r.byte() != _FORMAT_CUSTOM:
+    int_size, off_size = r.byte(), r.byte()
+    if int_size != 4 or off_size != 8 or r.byte() != _FORMAT_CUSTOM:
         raise _Unsupported("integer or offset size, or format")
     if version >= (1, 15):
         r.byte()  # compression algorithm
@@ -148,11 +148,11 @@ def parse_toc(buf: bytes | bytearray) -> _Toc:
         r.int()
     for _ in range(3):  # database name, server version, pg_dump version
         r.str()
-    entries = [_read_entry(r, version) for _ in range(r.int())]
-    return _Toc(r.int_size, off_size, r.pos, entries)
+    entries = [_read_entry(r, version, place) for place in range(r.int())]
+    return _Toc(r.pos, entries)
 
 
-def _read_entry(r: _Reader, version: tuple[int, int]) -> _Entry:
+def _read_entry(r: _Reader, version: tuple[int, int], place: int) -> _Entry:
     dump_id = r.int()
     r.int()  # had dumper
     r.str(), r.str()  # table oid, oid
@@ -169,7 +169,7 @@ def _read_entry(r: _Reader, version: tuple[int, int]) -> _Entry:
     offset_field = r.pos
     state = r.byte()
     r.take(8)
-    return _Entry(dump_id, desc, offset_field, state)
+    return _Entry(dump_id, desc, offset_field, state, place)
 
 
 @dataclass
@@ -181,11 +181,10 @@ class OffsetIndexer:
     """
 
     _head: bytearray = field(default_factory=bytearray)
-    _toc: _Toc | None = None
+    _data: dict[int, _Entry] | None = None  # dump id -> data entry; None until the TOC is read
+    _pending: set[int] = field(default_factory=set)  # dump ids of the blocks not found yet
     _pos: int = 0  # archive position of the next byte fed
     _tail: bytes = b""  # the last bytes fed, for a boundary split between two chunks
-    _pending: dict[int, _Entry] = field(default_factory=dict)  # dump id -> data entry to find
-    _order: dict[int, int] = field(default_factory=dict)  # dump id -> its place in the TOC
     _last: int = -1  # TOC place of the last block found
     found: dict[int, int] = field(default_factory=dict)  # dump id -> block position
     stopped: str = ""  # why indexing stopped early, if it did
@@ -193,7 +192,7 @@ class OffsetIndexer:
     def feed(self, data: bytes | memoryview) -> None:
         if self.stopped:
             return
-        if self._toc is None:
+        if self._data is None:
             self._head += data
             self._pos += len(data)
             self._read_toc()
@@ -210,14 +209,12 @@ class OffsetIndexer:
         except _Unsupported as exc:
             self._stop(str(exc))
             return
-        self._toc = toc
-        for place, e in enumerate(toc.entries):
-            if e.state == _POS_NOT_SET:
-                if e.desc != "TABLE DATA":
-                    self._stop(f"data of another kind ({e.desc})")
-                    return
-                self._pending[e.dump_id] = e
-                self._order[e.dump_id] = place
+        data = {e.dump_id: e for e in toc.entries if e.state == _POS_NOT_SET}
+        other = next((e.desc for e in data.values() if e.desc != "TABLE DATA"), None)
+        if other is not None:
+            self._stop(f"data of another kind ({other})")
+            return
+        self._data, self._pending = data, set(data)
         rest = bytes(self._head[toc.data_start :])
         self._head = bytearray()
         self._pos = toc.data_start
@@ -241,18 +238,18 @@ class OffsetIndexer:
         start = 0
         while self._pending:
             hit = _find(buf, start)
-            if hit < 0 or hit >= stop or hit + _KEEP + 1 > len(buf):
+            if hit < 0 or hit >= stop or hit + _MATCH > len(buf):
                 return
             block = hit + 5
             self._claim(struct.unpack_from("<I", buf, block + 2)[0], base + block)
             start = hit + 1
 
     def _claim(self, dump_id: int, position: int) -> None:
-        place = self._order.get(dump_id)
-        if place is None or dump_id not in self._pending or place <= self._last:
+        assert self._data is not None
+        if dump_id not in self._pending or self._data[dump_id].place <= self._last:
             return  # not a block boundary (see the module docstring)
-        self._last = place
-        del self._pending[dump_id]
+        self._last = self._data[dump_id].place
+        self._pending.discard(dump_id)
         self.found[dump_id] = position
 
     def _stop(self, why: str) -> None:
@@ -261,14 +258,13 @@ class OffsetIndexer:
 
     def patch(self, path: str | os.PathLike[str]) -> int:
         """Write the offsets found into ``path``'s table of contents; how many were written."""
-        if self._toc is None or not self.found:
+        if self._data is None or not self.found:
             return 0
-        entries = {e.dump_id: e for e in self._toc.entries}
         fd = os.open(path, os.O_WRONLY)
         try:
             for dump_id, position in self.found.items():
                 field_bytes = bytes([_POS_SET]) + position.to_bytes(8, "little")
-                os.pwrite(fd, field_bytes, entries[dump_id].offset_field)
+                os.pwrite(fd, field_bytes, self._data[dump_id].offset_field)
         finally:
             os.close(fd)
         return len(self.found)
