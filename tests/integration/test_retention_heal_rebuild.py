@@ -7,6 +7,7 @@ Real backups are taken; only the retention clock is moved.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from strongroom.catalog import bootstrap
@@ -408,3 +410,71 @@ def test_the_daily_heal_and_prune_tasks_run_the_services_with_the_environments_s
     pruned = prune_backups()  # nothing is past retention: everything is kept
     assert pruned == {"ok": True, "dry_run": False, "deleted": [], "kept": 3}
     assert all(backup_id in _ids_in(config, n) for n in ("local", "r2", "b2"))
+
+
+# -- tenant backups: their own retention, healed, restored with no catalog ----------------------
+
+
+def test_tenant_backups_pruned_by_their_own_horizon_healed_and_restored_with_no_catalog(
+    config: Config,
+    settings: dict[str, str],
+    seaweed: SeaweedServer,
+    demo_db: DemoDatabase,
+    tmp_path: Path,
+) -> None:
+    """Local keeps tenant backups 8 weeks (full ones 30 days); a lost copy is healed; the
+    newest one goes back into the live database from storage alone once the catalog is gone."""
+    from strongroom.catalog import store
+    from strongroom.services.heal import heal_backups
+    from strongroom.services.prune import prune_backups
+    from strongroom.services.tenant_backup import run_tenant_backup
+    from strongroom.services.verify import verify_backup
+
+    tenant = demo_db.tenants[0].id
+    full = _backup(config)
+    older, newer = (run_tenant_backup(config, tenant).id for _ in range(2))
+    for backup_id in (older, newer):
+        assert verify_backup(config, backup_id).ok
+    assert _ids_in(config, "local") == {full, older, newer}
+
+    report = prune_backups(config, clock=_later(31))  # past the full backup's 30 days only
+    assert report.ok and not report.deleted, report.problems()
+    report = prune_backups(config, clock=_later(57))  # past the tenant backups' 56 days
+    assert {(c.backup_id, c.location) for c in report.deleted} == {(older, "local")}
+    assert _ids_in(config, "local") == {full, newer}  # each series keeps its newest
+    assert _ids_in(config, "r2") == _ids_in(config, "b2") == {full, older, newer}
+
+    row = store.get_copy(newer, "b2")
+    client = seaweed.client()
+    for key in (row.key, row.manifest_key):  # lost behind strongroom's back
+        client.delete_object(Bucket="b2-backups", Key=f"{settings['B2_PREFIX']}/{key}")
+    healed = heal_backups(config)
+    assert [(r.backup_id, r.location, r.ok) for r in healed.repairs] == [(newer, "b2", True)]
+    assert verify_backup(config, newer).status == "VERIFIED"
+
+    before = table_digests(demo_db.admin_url)
+    with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM sale_items WHERE tenant_id = %s", (tenant,))
+    assert table_digests(demo_db.admin_url) != before
+    env = {  # a new machine: no catalog anywhere, only the key and B2's credentials
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path / "home"),
+        "PYTHONPATH": str(SRC),
+        "BACKUP_ENCRYPTION_KEY": settings["BACKUP_ENCRYPTION_KEY"],
+        "STRONGROOM_LOCATIONS": "b2",
+        "STRONGROOM_REQUIRED_LOCATIONS": "b2",
+        **{k: v for k, v in settings.items() if k.startswith("B2_")},
+    }
+    done = subprocess.run(
+        [
+            sys.executable, "-c",
+            "import sys; from strongroom.interfaces.cli import main; sys.exit(main())",
+            "tenant", "restore", "--latest", "--tenant", tenant, "--target", demo_db.admin_url,
+            "--replace", "--json",
+        ],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["id"], report["source"], report["status"]) == (newer, "b2", "RESTORED")
+    assert table_digests(demo_db.admin_url) == before

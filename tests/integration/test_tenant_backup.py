@@ -223,6 +223,43 @@ def test_all_tenants_one_object_each_then_verify_and_list(
         assert entry["newest_backup"]["status"] in ("COMPLETED", "VERIFIED")
 
 
+def test_all_goes_on_past_a_failing_tenant_and_reports_each(
+    cli: Cli, env: dict[str, str], demo_db: DemoDatabase
+) -> None:
+    """One tenant's export fails in PostgreSQL (its policy raises); every other tenant is
+    backed up, the failure is named, the exit is non-zero and nothing of it is stored."""
+    broken = demo_db.tenants[1].id
+    with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:
+        conn.execute(  # an error for that one tenant only, when the row filter is evaluated
+            sql.SQL(
+                "ALTER POLICY tenant_isolation ON sales USING (tenant_id ="
+                " NULLIF(current_setting('app.current_tenant', true), '')::uuid AND CASE WHEN"
+                " current_setting('app.current_tenant', true) = {} THEN"
+                " current_setting('app.current_tenant', true)::int = 0 ELSE true END)"
+            ).format(sql.Literal(broken))
+        )
+    done = cli("tenant", "backup", "--all", "--json")
+    assert done.returncode == 6, done.stderr  # BACKUP_INCOMPLETE
+    assert f"1 of {len(demo_db.tenants)} tenant backup(s) did not complete: {broken}" in (
+        done.stderr
+    )
+    result = json.loads(done.stdout)
+    assert result["ok"] is False
+    by_tenant = {r["tenant_id"]: r for r in result["tenants"]}
+    assert sorted(by_tenant) == sorted(t.id for t in demo_db.tenants)
+    why = by_tenant[broken]["error"]
+    assert "public.sales" in why and "invalid input syntax for type integer" in why
+    assert by_tenant[broken]["status"] == "FAILED"
+    good = [r for t, r in by_tenant.items() if t != broken]
+    assert {r["status"] for r in good} == {"COMPLETED"}
+    objects = [f for f in _stored(env) if not f.endswith(MANIFEST_SUFFIX)]
+    assert len(objects) == len(good) and not any(".partial" in f for f in _stored(env))
+    line = _one_error_line(cli("tenant", "backup", broken), 1)  # alone: the same one line
+    assert "public.sales" in line and "invalid input syntax for type integer" in line
+    listed = ok_json(cli("list", "--tenant", broken, "--json"))
+    assert [b["status"] for b in listed] == ["FAILED", "FAILED"]
+
+
 def test_restore_refuses_a_tenant_backup_before_touching_the_target(
     cli: Cli, demo_db: DemoDatabase, pg_cluster: PgCluster
 ) -> None:

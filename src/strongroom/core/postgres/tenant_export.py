@@ -290,7 +290,13 @@ class TenantExport:
             source_of(table),
             tenant_filter(table, s.tenant_id),
         )
-        with s.conn.cursor() as cur:
-            with cur.copy(query) as copy:
-                yield from tenant_format.gathered(index, copy)
-            return int(cur.rowcount)
+        try:
+            with s.conn.cursor() as cur:
+                with cur.copy(query) as copy:
+                    yield from tenant_format.gathered(index, copy)
+                return int(cur.rowcount)
+        except psycopg.Error as exc:  # e.g. a policy that raises for this tenant: its own line
+            why = exc.diag.message_primary or str(exc)
+            raise DumpFailed(
+                f"{table.ref}: PostgreSQL stopped the export of tenant {s.tenant_id}'s rows: {why}"
+            ) from exc
