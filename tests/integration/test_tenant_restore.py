@@ -243,6 +243,29 @@ def test_changes_that_trip_a_constraint_fall_back_to_every_row(
     assert digests(demo_db.admin_url) == before
 
 
+def test_a_trigger_that_rewrites_updated_rows_is_caught_and_every_row_written(
+    cli: Cli, demo_db: DemoDatabase
+) -> None:
+    """Writes to a table with a trigger are proven row by row, not by their counts: the
+    updated customers come out upper-cased, so the changes are undone and every row written."""
+    tenant = demo_db.tenants[1].id
+    backup = ok_json(cli("tenant", "backup", tenant, "--json"))
+    before = digests(demo_db.admin_url)
+    with psycopg.connect(demo_db.admin_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION shout() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN NEW.name := upper(NEW.name); RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER shout BEFORE UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION shout()"
+        )
+    _damage(demo_db.admin_url, tenant)
+    done = cli("-v", "tenant", "restore", backup["id"], "--target", demo_db.admin_url, "--replace")
+    assert done.returncode == 0, done.stderr
+    assert "public.customers" in done.stderr and "writing every row" in done.stderr
+    assert digests(demo_db.admin_url) == before
+
+
 def test_a_policy_that_forbids_updates_and_deletes_is_not_a_silent_no_op(
     cli: Cli, demo_db: DemoDatabase
 ) -> None:
