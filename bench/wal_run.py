@@ -386,10 +386,14 @@ class WalBench:
                 "-c", "fast", "-d", self.cluster.url("postgres")]  # fmt: skip
         return self._timed(argv)
 
-    def base_backup(self, *, local_only: bool = False) -> tuple[Measured, dict[str, Any]]:
+    def base_backup(
+        self, *, local_only: bool = False, reference: bool = False
+    ) -> tuple[Measured, dict[str, Any]]:
+        """``strongroom base-backup``; ``reference``: the ``--reference`` revision's."""
         out = self.work / "base.json"
         config = self.config_local if local_only else self.config
-        argv = as_server([str(self.launcher), "--config", str(config), "base-backup",
+        launcher = self.work / "strongroom-ref" if reference else self.launcher
+        argv = as_server([str(launcher), "--config", str(config), "base-backup",
                           "--json"])  # fmt: skip
         run = self._timed(argv, env=_clean_env(), stdout=out)
         return run, json.loads(run.stdout)
@@ -641,6 +645,10 @@ def _base_and_pitr_lines(results: dict[str, Any]) -> list[str]:
             ("ours", "`strongroom base-backup` → local + r2 + b2")]  # fmt: skip
     if base.get("ours_local"):
         rows.append(("ours_local", "`strongroom base-backup` → local"))
+    if base.get("ours_ref"):
+        before = f"before ({results.get('reference', '?')})"
+        rows += [("ours_ref", f"`strongroom base-backup` → local + r2 + b2, {before}"),
+                 ("ours_local_ref", f"`strongroom base-backup` → local, {before}")]  # fmt: skip
     lines = [
         "| base backup | median s | runs (s) | CPU s per program (median run) | server CPU s |",
         "|---|---:|---|---|---:|",
@@ -701,7 +709,12 @@ def _local_ratio(base: dict[str, Any], floor: float) -> str:
     if not base.get("ours_local"):
         return ""
     local = statistics.median(r["wall"] for r in base["ours_local"])
-    return f"; to local only {local / floor:.2f} (SeaweedFS's CPU not on this host's bill)"
+    text = f"; to local only {local / floor:.2f} (SeaweedFS's CPU not on this host's bill)"
+    if base.get("ours_ref"):
+        ref = statistics.median(r["wall"] for r in base["ours_ref"])
+        ref_local = statistics.median(r["wall"] for r in base["ours_local_ref"])
+        text += f"; the reference {ref / floor:.2f} and {ref_local / floor:.2f} to local only"
+    return text
 
 
 def _base_entry(run: Measured) -> dict[str, Any]:
@@ -726,7 +739,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--backlog-rows", type=int, default=1_000_000,
                    help="pgbench_accounts rows updated for the backlog")  # fmt: skip
     p.add_argument("--archive-timeout", type=int, default=5)
-    p.add_argument("--reference", default="", help="also measure wal-push at this git revision")
+    p.add_argument(
+        "--reference", default="", help="also measure wal-push and base-backup at this git revision"
+    )
     p.add_argument("--drain-timeout", type=float, default=900)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--workdir", type=Path, default=None, help="parent of the temporary directory")
@@ -838,19 +853,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.base_repeats:
             log("base backups")
             bench.set_archive_command(bench.command("ours_all"))
-        for _ in range(args.base_repeats):
+        versions = (False, True) if args.reference else (False,)
+        for r in range(args.base_repeats):
             base["floor"].append(_base_entry(bench.basebackup_floor()))
-            run, doc = bench.base_backup()
-            base["ours"].append(_base_entry(run))
-            base["raw_bytes"], base["stored_bytes"] = doc["raw_size_bytes"], doc["size_bytes"]
-            bench.set_archive_command(bench.command("ours_local"))  # its WAL where it looks
-            local, _ = bench.base_backup(local_only=True)
-            bench.set_archive_command(bench.command("ours_all"))
-            base["ours_local"].append(_base_entry(local))
-            log(
-                f"  floor {base['floor'][-1]['wall']:.1f} s, base-backup {run.wall:.1f} s, "
-                f"to local only {local.wall:.1f} s"
-            )
+            for reference in versions if r % 2 == 0 else versions[::-1]:
+                suffix = "_ref" if reference else ""
+                run, doc = bench.base_backup(reference=reference)
+                base.setdefault("ours" + suffix, []).append(_base_entry(run))
+                if not reference:
+                    base["raw_bytes"] = doc["raw_size_bytes"]
+                    base["stored_bytes"] = doc["size_bytes"]
+                bench.set_archive_command(bench.command("ours_local"))  # its WAL where it looks
+                local, _ = bench.base_backup(local_only=True, reference=reference)
+                bench.set_archive_command(bench.command("ours_all"))
+                base.setdefault("ours_local" + suffix, []).append(_base_entry(local))
+                log(
+                    f"  floor {base['floor'][-1]['wall']:.1f} s, base-backup{suffix} "
+                    f"{run.wall:.1f} s, to local only {local.wall:.1f} s"
+                )
         results["base"] = base
         results["pitr_seconds"] = args.pitr_seconds
         results["pitr_wal_mb"] = args.pitr_wal_mb

@@ -84,6 +84,7 @@ GENERAL_SETTINGS = (
     "BACKUP_WAL_ARCHIVING",
     "BACKUP_BASE_BACKUP_HOUR",
     "BACKUP_BASE_BACKUP_TIMEOUT",
+    "BACKUP_BASE_BACKUP_COMPRESS_ON",
     "BACKUP_WAL_CONFIRM_TIMEOUT",
     # continuous WAL archiving (strongroom.services.wal_push, wal_fetch, wal_verify)
     "STRONGROOM_PGDATA",
@@ -318,6 +319,9 @@ class Config:
     metrics_token: str | None = field(default=None, repr=False)
     #: Seconds pg_basebackup may run, its wait for the backup's WAL to be archived included.
     base_backup_timeout: float = 3600.0
+    #: Where a zstd base backup is compressed: ``server`` (PostgreSQL 15+, else the client) or
+    #: ``client`` (spares the database server's CPU; the whole tar crosses the network).
+    base_backup_compress_on: str = "server"
     #: Seconds a base backup waits for its WAL segments' manifests in every required location.
     wal_confirm_timeout: float = 60.0
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -424,6 +428,7 @@ def load_config(source: Mapping[str, Any]) -> Config:
         tenant_role=_get(source, "STRONGROOM_TENANT_ROLE") or None,
         metrics_token=_get(source, "STRONGROOM_METRICS_TOKEN") or None,
         base_backup_timeout=_number(source, "BACKUP_BASE_BACKUP_TIMEOUT", 3600.0),
+        base_backup_compress_on=_compress_on(source),
         wal_confirm_timeout=_number(source, "BACKUP_WAL_CONFIRM_TIMEOUT", 60.0),
         tasks=load_task_settings(source),
         wal=load_wal_settings(source),
@@ -447,6 +452,15 @@ def load_wal_settings(source: Mapping[str, Any]) -> WalSettings:
         max_age_seconds=_number(source, "BACKUP_WAL_MAX_AGE_SECONDS", defaults.max_age_seconds),
         compression_level=_wal_level(source),
     )
+
+
+def _compress_on(source: Mapping[str, Any]) -> str:
+    value = str(_get(source, "BACKUP_BASE_BACKUP_COMPRESS_ON") or "server").strip().lower()
+    if value not in ("server", "client"):
+        raise ConfigError(
+            f"BACKUP_BASE_BACKUP_COMPRESS_ON {value!r} is invalid; use server or client"
+        )
+    return value
 
 
 def _optional_bool(source: Mapping[str, Any], name: str) -> bool | None:

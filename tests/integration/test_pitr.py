@@ -318,6 +318,13 @@ def test_base_backup_is_catalogued_with_its_wal_and_stored_everywhere(history: S
         assert manifest.extra["stop_lsn"] == meta["stop_lsn"]
         assert "START WAL LOCATION" in manifest.extra["backup_label"]
         assert manifest.extra["wal_confirmed_in"] == ["local"]
+        # compressed by the server (PostgreSQL 15): the tar's size, not the stream's, is raw
+        assert manifest.extra["compressed_on"] == "server" and manifest.codec == "zstd"
+        assert manifest.raw_size == record.raw_size_bytes
+        assert manifest.raw_size > 4 * manifest.compressed_size
+        assert manifest.codec_levels == {
+            "1": {"raw_bytes": manifest.raw_size, "compressed_bytes": manifest.compressed_size}
+        }
         for name in (meta["start_wal"], meta["stop_wal"]):
             loc.stat(base_backup.wal_manifest_key(history.scope, name))
     checked = verify_backup(history.config(), report.id)  # verify needs nothing kind-specific
@@ -389,6 +396,22 @@ def test_pitr_to_the_end_of_the_archive_has_everything(
     history: Source, restored_dirs: list[Restored], capsys: pytest.CaptureFixture[str]
 ) -> None:
     server, _ = _pitr(history, restored_dirs, capsys, "--latest")
+    assert table_digests(server.url()) == history.marks["at_c"]
+
+
+def test_a_base_backup_compressed_by_the_client_restores_the_same(
+    history: Source, restored_dirs: list[Restored], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The path of servers before 15 and of gzip: the whole tar through the pipe, its
+    ``backup_manifest`` kept inside and read for the LSNs."""
+    report = base_backup.run_base_backup(history.config(BACKUP_BASE_BACKUP_COMPRESS_ON="client"))
+    assert report.status == "COMPLETED", report.error
+    meta = store.get_backup(report.id).metadata
+    assert meta["manifest"]["extra"]["compressed_on"] == "client"
+    assert meta["manifest"]["codec_levels"]  # adaptive zstd in the client, level by level
+    server, doc = _pitr(history, restored_dirs, capsys, "--backup", report.id, "--latest")
+    assert doc["id"] == report.id
+    assert (server.pgdata / "backup_manifest").is_file()  # only the client path keeps it
     assert table_digests(server.url()) == history.marks["at_c"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,11 +13,14 @@ from typing import Any
 import pytest
 
 from strongroom import schedule
+from strongroom.config import load_config
+from strongroom.core import crypto
 from strongroom.core.manifest import Manifest
 from strongroom.core.postgres import basebackup, recovery
 from strongroom.core.tarstream import Capture, Extract, TarStream
 from strongroom.errors import BackupNotFound, ConfigError, IntegrityError, TargetNotEmpty
-from strongroom.services import pitr
+from strongroom.services import base_backup, pitr
+from strongroom.services.runtime import Runtime
 
 
 def _tar(entries: dict[str, bytes | None], *, fmt: int = tarfile.USTAR_FORMAT) -> bytes:
@@ -107,6 +111,86 @@ def test_backup_facts_come_from_the_label_and_the_manifest_wal_ranges() -> None:
     ]
     with pytest.raises(IntegrityError):
         basebackup.read_backup_facts(b"", b"{}")
+
+
+#: A backup history file as PostgreSQL 15 writes it (``do_pg_backup_stop``).
+HISTORY = b"""START WAL LOCATION: 0/41000028 (file 000000010000000000000041)
+STOP WAL LOCATION: 0/42000100 (file 000000010000000000000042)
+CHECKPOINT LOCATION: 0/41000060
+BACKUP METHOD: streamed
+BACKUP FROM: primary
+START TIME: 2026-12-04 19:08:56 UTC
+LABEL: strongroom 20261204T190856Z-06cfcb
+START TIMELINE: 1
+STOP TIME: 2026-12-04 19:08:59 UTC
+STOP TIMELINE: 1
+"""
+LABEL = b"""START WAL LOCATION: 0/41000028 (file 000000010000000000000041)
+CHECKPOINT LOCATION: 0/41000060
+BACKUP METHOD: streamed
+BACKUP FROM: primary
+START TIME: 2026-12-04 19:08:56 UTC
+LABEL: strongroom 20261204T190856Z-06cfcb
+START TIMELINE: 1
+"""
+
+
+def test_a_server_compressed_backup_reads_its_stop_from_the_archived_history_file() -> None:
+    size = 16 << 20
+    start, timeline = basebackup.label_start(LABEL)
+    assert (start, timeline) == ("0/41000028", 1)
+    name = basebackup.history_file_name(start, timeline, size)
+    assert name == "000000010000000000000041.00000028.backup"
+    facts = basebackup.read_history_facts(LABEL, HISTORY)
+    assert (facts.start_lsn, facts.stop_lsn, facts.timeline) == ("0/41000028", "0/42000100", 1)
+    assert facts.label == "strongroom 20261204T190856Z-06cfcb"
+    assert basebackup.segments_between(facts, size)[-1] == "000000010000000000000042"
+    with pytest.raises(IntegrityError, match="history file"):
+        basebackup.read_history_facts(LABEL, HISTORY.replace(b"STOP WAL", b"STOP"))
+    with pytest.raises(IntegrityError, match="backup_label"):
+        basebackup.label_start(b"LABEL: x\n")
+
+
+def test_the_stream_is_compressed_on_the_server_only_when_both_ends_can() -> None:
+    assert basebackup.client_major("pg_basebackup (PostgreSQL) 15.20 (Debian 15.20-0)") == 150000
+    assert basebackup.client_major("pg_basebackup (PostgreSQL) 9.6.24") == 90600
+    assert basebackup.client_major("garbage") == 0
+    assert basebackup.ServerZstd(1, 2).argv() == [
+        "--compress=server-zstd:level=1,workers=2",
+        "--no-manifest",
+    ]
+    assert basebackup.ServerZstd(3, 0).argv()[0] == "--compress=server-zstd:level=3"
+
+
+@pytest.mark.parametrize(
+    ("settings", "server", "client", "expected"),
+    [
+        ({}, 150000, "(PostgreSQL) 15.2", (1, 4)),  # adaptive: its floor
+        ({"BACKUP_COMPRESSION_ADAPT": "false"}, 160000, "(PostgreSQL) 16.1", (3, 4)),
+        ({"BACKUP_COMPRESSION_THREADS": "0"}, 150000, "(PostgreSQL) 15.2", (1, 0)),
+        ({"BACKUP_BASE_BACKUP_COMPRESS_ON": "client"}, 150000, "(PostgreSQL) 15.2", None),
+        ({"BACKUP_COMPRESSION": "gzip"}, 150000, "(PostgreSQL) 15.2", None),
+        ({}, 140000, "(PostgreSQL) 15.2", None),  # a 14 server cannot
+        ({}, 150000, "(PostgreSQL) 14.9", None),  # nor a 14 pg_basebackup
+    ],
+)
+def test_server_compression_follows_the_codec_the_setting_and_the_versions(
+    settings: dict[str, str],
+    server: int,
+    client: str,
+    expected: tuple[int, int] | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    config = load_config({"BACKUP_ENCRYPTION_KEY": crypto.generate_key(), **settings})
+    cluster = basebackup.ClusterFacts("1", "15", server, 16 << 20, "on")
+    chosen = base_backup.server_zstd(Runtime.build(config), cluster, f"pg_basebackup {client}")
+    assert (None if chosen is None else (chosen.level, chosen.workers)) == expected
+
+
+def test_an_unknown_compress_on_is_one_line() -> None:
+    with pytest.raises(ConfigError, match="BACKUP_BASE_BACKUP_COMPRESS_ON 'both'"):
+        load_config({"BACKUP_BASE_BACKUP_COMPRESS_ON": "both"})
 
 
 def test_the_wal_a_base_backup_needs_runs_from_its_start_to_its_stop() -> None:

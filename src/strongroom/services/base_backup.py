@@ -18,15 +18,17 @@ seconds. A segment missing past that fails the run: nothing that looks restorabl
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from strongroom.catalog import store
 from strongroom.config import Config
-from strongroom.core import postgres, wal
+from strongroom.core import postgres
+from strongroom.core.codecs import get_codec
 from strongroom.core.manifest import (
     Manifest,
     key_segment,
@@ -42,6 +44,7 @@ from strongroom.errors import ConfigError, StorageError, WalNotArchived
 from strongroom.services.backup import BackupReport, finish_run, run_locked
 from strongroom.services.runtime import Runtime
 from strongroom.services.storing import ObjectUpload, Stored, stream_fields
+from strongroom.services.wal_fetch import read_archived
 
 log = logging.getLogger("strongroom.base_backup")
 
@@ -92,12 +95,17 @@ class _BaseRun:
         )
         self.process: basebackup.BaseBackupProcess | None = None
         self.confirmed: list[str] = []
+        self.pg_basebackup = postgres.find_binary("pg_basebackup", self.rt.config.pg_bindir)
+        self.client_version = postgres.binary_version(self.pg_basebackup)
+        self.server_zstd = server_zstd(self.rt, self.cluster, self.client_version)
 
     def run(self) -> BackupReport:
         upload = ObjectUpload(self.rt, self.id, self.key, self.progress)
         upload.check_required()
         upload.cleanup(key_segment(self.scope) + "/base/", self.started)
-        stored = upload.stream(self._start, self._manifest)
+        plain = get_codec("none") if self.server_zstd is not None else None
+        stored = upload.stream(self._start, self._manifest, codec=plain)
+        stored.result = self._sizes(stored.result)
         return finish_run(stored, self._metadata(stored))
 
     def _start(self) -> basebackup.BaseBackupProcess:
@@ -106,14 +114,27 @@ class _BaseRun:
             label=f"strongroom {self.id}",
             timeout=self.rt.config.base_backup_timeout,
             bindir=self.rt.config.pg_bindir,
+            server_zstd=self.server_zstd,
         )
         return self.process
 
-    def _manifest(self, result: StreamResult, facts: BackupFacts) -> Manifest:
+    def _facts(self, finished: BackupFacts | bytes) -> BackupFacts:
+        """Server-compressed (no ``backup_manifest``): the stop LSN from the history file,
+        once it is archived everywhere required."""
+        if isinstance(finished, BackupFacts):
+            return finished
+        start, timeline = basebackup.label_start(finished)
+        size = self.cluster.wal_segment_size
+        history = basebackup.history_file_name(start, timeline, size)
+        confirm_archived(self.rt, self.scope, [history])
+        return basebackup.read_history_facts(finished, read_archived(self.rt, self.scope, history))
+
+    def _manifest(self, result: StreamResult, finished: BackupFacts | bytes) -> Manifest:
         """Built once pg_basebackup ended cleanly; first the backup's WAL must be confirmed."""
-        segments = basebackup.segments_between(facts, self.cluster.wal_segment_size)
-        offset = wal.parse_lsn(facts.start_lsn) % self.cluster.wal_segment_size
-        history = f"{segments[0]}.{offset:08X}.backup"
+        facts = self._facts(finished)
+        size = self.cluster.wal_segment_size
+        segments = basebackup.segments_between(facts, size)
+        history = basebackup.history_file_name(facts.start_lsn, facts.timeline, size)
         self.confirmed = confirm_archived(self.rt, self.scope, [*segments, history])
         c = self.cluster
         return Manifest(
@@ -121,9 +142,7 @@ class _BaseRun:
             kind="base",
             database=self.scope,
             server_version=c.server_version,
-            pg_dump_version=postgres.binary_version(
-                postgres.find_binary("pg_basebackup", self.rt.config.pg_bindir)
-            ),
+            pg_dump_version=self.client_version,
             started_at=self.started,
             finished_at=datetime.now(UTC),
             tenant_id=None,
@@ -138,8 +157,26 @@ class _BaseRun:
                 "wal_confirmed_in": self.confirmed,
                 "backup_label": self._label_text(),
                 "source_database": self.target.dbname,
+                "compressed_on": "client" if self.server_zstd is None else "server",
             },
-            **stream_fields(self.rt, self.key, result),
+            **self._stream_fields(result),
+        )
+
+    def _stream_fields(self, result: StreamResult) -> dict[str, Any]:
+        fields = stream_fields(self.rt, self.key, self._sizes(result))
+        if self.server_zstd is not None:
+            fields["codec_level"] = self.server_zstd.level
+        return fields
+
+    def _sizes(self, result: StreamResult) -> StreamResult:
+        """Server-compressed, the stream read was already zstd at one level: the tar's size
+        is what the decompressing parser counted, the stream's is the compressed one."""
+        zstd, process = self.server_zstd, self.process
+        if zstd is None or process is None or process.raw_size is None:
+            return result
+        raw, compressed = process.raw_size, result.raw_size
+        return replace(
+            result, raw_size=raw, compressed_size=compressed, levels={zstd.level: (raw, compressed)}
         )
 
     def _label_text(self) -> str:
@@ -161,6 +198,26 @@ class _BaseRun:
             "server_version": manifest.server_version,
             **{k: manifest.extra[k] for k in _SHOWN},
         }
+
+
+def server_zstd(
+    runtime: Runtime, cluster: ClusterFacts, client_version: str
+) -> basebackup.ServerZstd | None:
+    """Server-side zstd when the codec is zstd, the setting allows it and both ends can (15+).
+
+    The level is adaptive zstd's floor (the server's CPU is the database's: the cheapest level,
+    which on a base backup's near-empty pages stores about what level 3 does), else the fixed
+    level; workers follow ``BACKUP_COMPRESSION_THREADS`` (-1: this host's cores).
+    """
+    codec, config = runtime.codec, runtime.config
+    if codec.name != "zstd" or config.base_backup_compress_on != "server":
+        return None
+    since = basebackup.SERVER_COMPRESSION_SINCE
+    if cluster.server_version_num < since or basebackup.client_major(client_version) < since:
+        return None
+    level = codec.min_level if codec.min_level is not None else codec.level
+    workers = (os.cpu_count() or 1) if codec.threads < 0 else codec.threads
+    return basebackup.ServerZstd(level=level, workers=workers)
 
 
 #: The manifest's physical facts also shown in ``strongroom show`` and ``--json``.

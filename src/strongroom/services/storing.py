@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 from strongroom import __version__
 from strongroom.catalog import store
 from strongroom.core import deadline
+from strongroom.core.codecs import Codec
 from strongroom.core.crypto import CIPHER_NAME
 from strongroom.core.deadline import Pending
 from strongroom.core.manifest import Manifest, manifest_key_for
@@ -209,7 +210,15 @@ class ObjectUpload:
 
     # -- the stream ----------------------------------------------------------------------------
 
-    def stream(self, start_source: Callable[[], Source], build: ManifestBuilder) -> Stored:
+    def stream(
+        self,
+        start_source: Callable[[], Source],
+        build: ManifestBuilder,
+        *,
+        codec: Codec | None = None,
+    ) -> Stored:
+        """Store one stream; ``codec`` is the compression stage to use instead of the configured
+        codec (``none`` for a source that arrives already compressed)."""
         writers, failed = self._open_writers()
         required = frozenset(loc.name for loc in self.rt.locations if loc.required)
         unfinished = {n: LocationOutcome(n) for n in writers}
@@ -222,7 +231,7 @@ class ObjectUpload:
         try:
             result = stream_to_locations(
                 source,
-                self.rt.codec,
+                codec or self.rt.codec,
                 self.rt.keyring,
                 writers,
                 progress=self._progress,
