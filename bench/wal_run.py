@@ -876,6 +876,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["pitr_wal_mb"] = args.pitr_wal_mb
         results["pitr"] = {}
         if args.base_repeats and args.pitr_seconds:
+            # The PITR starts from the newest base backup, which must be this checkout's, to
+            # every location: the local-only runs archived their WAL elsewhere meanwhile, a gap
+            # the all-locations archive has before this backup's start, never after it.
+            bench.base_backup()
             results["pitr"] = pitr_phase(bench, args)
         results.update(date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                        minutes=(time.monotonic() - started) / 60,
