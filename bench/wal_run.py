@@ -400,14 +400,19 @@ class WalBench:
 
     # -- PITR ------------------------------------------------------------------------------
 
-    def pitr(self) -> dict[str, Any]:
-        target = self.work / "recovered"
-        (target.parent / "recovered-socket").mkdir()
-        give(target.parent / "recovered-socket", 0o700)
-        out = self.work / "pitr.json"
-        argv = as_server([str(self.launcher), "--config", str(self.config), "pitr-restore",
+    def pitr(self, *, reference: bool = False) -> dict[str, Any]:
+        """``pitr-restore --latest``, then the server started to promotion; ``reference``: with
+        the ``--reference`` revision's ``pitr-restore`` and ``wal-fetch``."""
+        suffix = "-ref" if reference else ""
+        launcher = self.work / "strongroom-ref" if reference else self.launcher
+        target = self.work / f"recovered{suffix}"
+        socket = self.work / f"recovered{suffix}-socket"
+        socket.mkdir()
+        give(socket, 0o700)
+        out = self.work / f"pitr{suffix}.json"
+        argv = as_server([str(launcher), "--config", str(self.config), "pitr-restore",
                           "--latest", "--pgdata", str(target), "--strongroom-path",
-                          str(self.launcher), "--json"])  # fmt: skip
+                          str(launcher), "--json"])  # fmt: skip
         t0 = time.monotonic()
         restore = measure(argv, env=_clean_env(), stdout_path=out, cwd=self.work).check()
         restore_s = time.monotonic() - t0
@@ -415,8 +420,8 @@ class WalBench:
         port = free_port()
         with (target / "postgresql.conf").open("a") as conf:
             conf.write(f"\nport = {port}\nunix_socket_directories = "
-                       f"'{target.parent / 'recovered-socket'}'\narchive_mode = off\n")  # fmt: skip
-        server_log = self.work / "recovered.log"
+                       f"'{socket}'\narchive_mode = off\n")  # fmt: skip
+        server_log = self.work / f"recovered{suffix}.log"
         pg_ctl = as_server([self.cluster.binary("pg_ctl"), "-D", str(target), "-l",
                             str(server_log), "-w", "-t", "1800", "start"])  # fmt: skip
         t1 = time.monotonic()
@@ -684,6 +689,19 @@ def _base_and_pitr_lines(results: dict[str, Any]) -> list[str]:
         f"{p.get('balance_source')}).",
         "",
     ]
+    ref = p.get("reference")
+    if ref and "error" not in ref:
+        lines += [
+            f"The same PITR with the reference's `pitr-restore` and `wal-fetch` "
+            f"({results.get('reference')}), right after: `pitr-restore --latest` "
+            f"{ref['restore_seconds']:.1f} s, server start to promoted "
+            f"{ref['start_to_promoted_seconds']:.1f} s, total {ref['total_seconds']:.1f} s "
+            f"({ref['history_rows_after']} pgbench_history rows; sum(abalance) "
+            f"{ref.get('balance_after')}).",
+            "",
+        ]
+    elif ref:
+        lines += [f"The reference's PITR failed: `{ref['error'][-300:]}`", ""]
     return lines
 
 
@@ -792,12 +810,19 @@ def pitr_phase(bench: WalBench, args: argparse.Namespace) -> dict[str, Any]:
         "wal_bytes": int(wal[0][0]),
         "balance_source": balance(cluster.url("bench")),
     }
+    failures = (RuntimeError, OSError, psycopg.Error, json.JSONDecodeError)
     try:
         pitr.update(bench.pitr())
         log(f"  PITR {pitr['total_seconds']:.1f} s")
-    except (RuntimeError, OSError, psycopg.Error, json.JSONDecodeError) as exc:
+    except failures as exc:
         pitr["error"] = str(exc)[-2000:]  # the rest is still reported
         log(f"  PITR failed: {exc}")
+    if args.reference:  # after this checkout's: any warming of caches favours the reference
+        try:
+            pitr["reference"] = bench.pitr(reference=True)
+            log(f"  PITR, reference {pitr['reference']['total_seconds']:.1f} s")
+        except failures as exc:
+            pitr["reference"] = {"error": str(exc)[-2000:]}
     return pitr
 
 

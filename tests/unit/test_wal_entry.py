@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from walsupport import FOREIGN, NAME, SYSTEM_ID, pushed_ahead_cluster
 
-from strongroom.interfaces.entry import plain_wal_push
+from strongroom.interfaces.entry import plain_wal_fetch, plain_wal_push, served_from_spool
 
 #: Runs ``main`` of the module named by the first argument with the rest as the command line;
 #: writes ``sys.modules`` to the file named by the second as the process exits.
@@ -192,3 +192,76 @@ def test_a_missing_file_is_the_same_error_as_reading_it_whole(tmp_path: Path) ->
     with pytest.raises(ConfigError) as hashed:
         hash_wal_file(missing)
     assert str(whole.value) == str(hashed.value)
+
+
+# -- wal-fetch: a prefetched segment served before the CLI loads ---------------------------------
+
+FIRST, SECOND, THIRD = (f"00000001000000000000004{n}" for n in (1, 2, 3))
+
+
+def _prefetched(tmp_path: Path, *names: str) -> tuple[Path, Path]:
+    """A spool holding ``names`` prefetched (each its own content) and a config file naming it;
+    ``(prefetch folder, config file)``."""
+    folder = tmp_path / "spool" / "prefetch"
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_bytes(name.encode() * 1000)
+    config = tmp_path / "strongroom.env"
+    config.write_text(f"BACKUP_WAL_SPOOL_DIR={tmp_path / 'spool'}\nSTRONGROOM_LOCATIONS=local\n")
+    config.chmod(0o600)
+    return folder, config
+
+
+def test_a_prefetched_segment_with_more_behind_it_is_served_without_the_cli(
+    tmp_path: Path,
+) -> None:
+    folder, config = _prefetched(tmp_path, FIRST, SECOND, THIRD)
+    dest = tmp_path / "RECOVERYXLOG"
+    argv = ["--config", str(config), "wal-fetch", SECOND, str(dest)]
+    code, out, err, loaded = _run("strongroom.interfaces.entry", argv, tmp_path)
+    assert (code, out, err) == (0, "", "")
+    assert dest.read_bytes() == SECOND.encode() * 1000
+    # served, and the one recovery has passed dropped; the next one kept for the next call
+    assert sorted(p.name for p in folder.iterdir()) == [THIRD]
+    assert list(tmp_path.glob("RECOVERYXLOG.strongroom-*")) == []  # no temporary left
+    unwanted = ("argparse", "logging", "strongroom.interfaces.cli", "strongroom.services")
+    unwanted += ("strongroom.core.storage", "strongroom.core.crypto", "strongroom.core.codecs")
+    unwanted += ("boto3", "botocore", "django", "zstandard", "tink", "psycopg")
+    assert {m for m in loaded if m.startswith(unwanted)} == set()
+
+
+def test_the_last_prefetched_segment_and_an_absent_one_go_to_the_cli(tmp_path: Path) -> None:
+    """The CLI serves the last one and fetches the next window at once; an absent one it
+    fetches (or says it is not archived). The lean path writes nothing for either."""
+    folder, config = _prefetched(tmp_path, THIRD)
+    dest = tmp_path / "RECOVERYXLOG"
+    assert served_from_spool(THIRD, str(dest), str(config)) is None
+    assert served_from_spool(FIRST, str(dest), str(config)) is None
+    assert not dest.exists() and sorted(p.name for p in folder.iterdir()) == [THIRD]
+    assert served_from_spool(THIRD, str(dest), None) is None  # no spool configured at all
+
+
+def test_only_a_plain_wal_fetch_command_line_is_taken() -> None:
+    assert plain_wal_fetch(["wal-fetch", FIRST, "pg_wal/RECOVERYXLOG"]) == (
+        FIRST,
+        "pg_wal/RECOVERYXLOG",
+        None,
+    )
+    assert plain_wal_fetch(["--config", "/etc/s.env", "wal-fetch", FIRST, "x"]) == (
+        FIRST,
+        "x",
+        "/etc/s.env",
+    )
+    assert plain_wal_fetch(["--config=/etc/s.env", "wal-fetch", FIRST, "x"]) == (
+        FIRST,
+        "x",
+        "/etc/s.env",
+    )
+    for words in (
+        ["-v", "wal-fetch", FIRST, "x"],
+        ["wal-fetch", FIRST],
+        ["wal-fetch", "-h", "x"],
+        ["wal-push", FIRST, "x"],
+        ["--config", "-x", "wal-fetch", FIRST, "x"],
+    ):
+        assert plain_wal_fetch(words) is None, words

@@ -7,6 +7,13 @@ answer itself, one call after another while the archiver waits. So a plain
 ``[--config FILE] wal-push PATH`` is first answered here, with only the WAL settings, the spool
 and the cluster's ``pg_control`` read, and the same checks as the CLI's fast path.
 
+Likewise ``[--config FILE] wal-fetch NAME DEST`` for a segment an earlier call prefetched (and
+checked) into the spool, while more prefetched segments follow it: recovery asks for one segment
+after another, and a call that only moves a local file into place should not pay the CLI's
+start-up and one more download. The call that takes the last prefetched segment goes to the
+CLI, which serves it the same way and fetches the next ``BACKUP_WAL_PREFETCH`` at once, in
+parallel: one full call per window instead of one per segment.
+
 Anything else goes to :func:`strongroom.interfaces.cli.main` untouched: another command, ``-v``
 (its log line is the CLI's), any other spelling of the command line, no spool record, a
 different checksum, and any failure at all. Nothing is written before that hand-over, so the
@@ -25,6 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     plain = plain_wal_push(words)
     if plain is not None:
         answered = pushed_ahead(*plain)
+        if answered is not None:
+            return answered
+    fetch = plain_wal_fetch(words)
+    if fetch is not None:
+        answered = served_from_spool(*fetch)
         if answered is not None:
             return answered
     from strongroom.interfaces.cli import main as cli_main
@@ -47,6 +59,52 @@ def plain_wal_push(words: Sequence[str]) -> tuple[str, str | None] | None:
     if not path or path.startswith("-") or (config is not None and config.startswith("-")):
         return None  # argparse reads these as options: the CLI's error, not ours
     return path, config
+
+
+def plain_wal_fetch(words: Sequence[str]) -> tuple[str, str, str | None] | None:
+    """``(name, dest, config file)`` of ``[--config FILE | --config=FILE] wal-fetch NAME
+    DEST``, else ``None``."""
+    rest = list(words)
+    config: str | None = None
+    if len(rest) == 5 and rest[0] == "--config":
+        config, rest = rest[1], rest[2:]
+    elif len(rest) == 4 and rest[0].startswith("--config="):
+        config, rest = rest[0][len("--config=") :], rest[1:]
+    if len(rest) != 3 or rest[0] != "wal-fetch":
+        return None
+    name, dest = rest[1], rest[2]
+    words_ok = all(w and not w.startswith("-") for w in (name, dest))
+    if not words_ok or (config is not None and config.startswith("-")):
+        return None
+    return name, dest, config
+
+
+def served_from_spool(name: str, dest: str, config_file: str | None) -> int | None:
+    """``0`` once prefetched ``name`` is at ``dest`` and more prefetched segments follow it;
+    ``None`` to leave the call to the CLI, which serves it or fetches it the usual way."""
+    from strongroom.errors import ExitCode, Interrupted
+    from strongroom.interfaces.signals import signals_interrupt
+
+    try:
+        with signals_interrupt():
+            spool_dir, _ = wal_settings(config_file)
+            if not spool_dir:
+                return None
+            from pathlib import Path
+
+            from strongroom.core.wal_serve import newer_prefetched, serve_prefetched
+            from strongroom.core.wal_spool import Spool
+
+            spool = Spool(spool_dir)
+            if name not in spool.prefetched() or not newer_prefetched(spool, name):
+                return None
+            serve_prefetched(spool, name, Path(dest))
+            return ExitCode.OK
+    except Interrupted as exc:  # as the CLI's: recovery stops rather than end early
+        print(f"strongroom: error: {exc}; nothing was left half-done", file=sys.stderr)
+        return ExitCode.WAL_FETCH_STOP
+    except Exception:  # the CLI repeats the call (DEST is whole or untouched) and reports
+        return None
 
 
 def pushed_ahead(path: str, config_file: str | None) -> int | None:

@@ -16,12 +16,9 @@ checked at once into the spool (outside ``pg_wal``), so recovery's next calls ar
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
-import os
-import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +28,7 @@ from strongroom.config import Config
 from strongroom.core import wal
 from strongroom.core.readback import read_copy
 from strongroom.core.storage.base import Location
+from strongroom.core.wal_serve import serve_prefetched, write_atomically
 from strongroom.core.wal_spool import Spool
 from strongroom.errors import (
     ConfigError,
@@ -74,7 +72,7 @@ def fetch_wal(config: Config, name: str, dest: str) -> Fetched:
         result = served
     else:
         data, location, _ = fetcher.fetch(name)
-        _write_atomically(target, data)
+        write_atomically(target, data)
         result = Fetched(name, location, len(data))
     if parsed.kind == "segment" and fetcher.spool is not None:
         fetcher.segment_size = _segment_size(target)
@@ -95,12 +93,8 @@ class _Fetcher:
         """A segment prefetched (and checked) earlier: moved into place, no network."""
         if self.spool is None or name not in self.spool.prefetched():
             return None
-        source = self.spool.prefetch_path(name)
-        data = source.read_bytes()
-        _write_atomically(target, data)
-        source.unlink()
-        self._forget_older(name)
-        return Fetched(name, "spool", len(data), from_spool=True)
+        size = serve_prefetched(self.spool, name, target)
+        return Fetched(name, "spool", size, from_spool=True)
 
     def fetch(self, name: str, rounds: int | None = None) -> tuple[bytes, str, int | None]:
         """The plaintext of ``name`` from the first location with a good copy."""
@@ -177,14 +171,6 @@ class _Fetcher:
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
             return [n for n in pool.map(one, names) if n]
 
-    def _forget_older(self, name: str) -> None:
-        """Prefetched segments recovery has passed are of no more use."""
-        assert self.spool is not None
-        for other in self.spool.prefetched():
-            if other[:8] == name[:8] and other < name:
-                with contextlib.suppress(OSError):
-                    self.spool.prefetch_path(other).unlink()
-
 
 def _segment_size(segment: Path) -> int:
     """The segment size its page header states (the default when it cannot be read)."""
@@ -193,27 +179,6 @@ def _segment_size(segment: Path) -> int:
             return wal.read_page_header(head.read(wal.LONG_HEADER_SIZE)).segment_size
     except (OSError, StrongroomError):
         return wal.DEFAULT_SEGMENT_SIZE
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    """``target`` holds all of ``data`` or is untouched: temporary name, fsync, rename."""
-    temp = target.with_name(f"{target.name}.strongroom-{secrets.token_hex(4)}")
-    try:
-        with temp.open("xb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        temp.replace(target)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise WalFetchStop(f"cannot write {target}: {exc.strerror or exc}") from None
-    with contextlib.suppress(OSError):
-        fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def read_archived(runtime: Runtime, scope: str, name: str) -> bytes:
