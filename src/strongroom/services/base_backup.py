@@ -40,7 +40,13 @@ from strongroom.core.pipeline import StreamResult
 from strongroom.core.postgres import basebackup
 from strongroom.core.postgres.basebackup import BackupFacts, ClusterFacts
 from strongroom.core.storage.base import Location
-from strongroom.errors import ConfigError, StorageError, WalNotArchived
+from strongroom.errors import (
+    ConfigError,
+    IntegrityError,
+    StorageError,
+    StrongroomError,
+    WalNotArchived,
+)
 from strongroom.services.backup import BackupReport, finish_run, run_locked
 from strongroom.services.runtime import Runtime
 from strongroom.services.storing import ObjectUpload, Stored, stream_fields
@@ -127,7 +133,11 @@ class _BaseRun:
         size = self.cluster.wal_segment_size
         history = basebackup.history_file_name(start, timeline, size)
         confirm_archived(self.rt, self.scope, [history])
-        return basebackup.read_history_facts(finished, read_archived(self.rt, self.scope, history))
+        try:
+            text = read_archived(self.rt, self.scope, history)
+        except StrongroomError as exc:  # archived, yet no good copy: the backup is unusable
+            raise IntegrityError(f"cannot read back the history file {history}: {exc}") from exc
+        return basebackup.read_history_facts(finished, text)
 
     def _manifest(self, result: StreamResult, finished: BackupFacts | bytes) -> Manifest:
         """Built once pg_basebackup ended cleanly; first the backup's WAL must be confirmed."""
