@@ -56,7 +56,9 @@ log = logging.getLogger("strongroom.base_backup")
 
 Progress = Callable[[int, int], None]
 LOCK_PURPOSE = "base backup"
-_POLL = 0.2
+#: Seconds between looks for the WAL manifests, doubling from the first to the last: a file
+#: archived just after pg_basebackup returned no longer costs a whole fixed 0.2 s pause.
+_POLL_FIRST, _POLL_MOST = 0.02, 0.5
 
 
 def run_base_backup(
@@ -248,6 +250,7 @@ def confirm_archived(runtime: Runtime, scope: str, names: list[str]) -> list[str
     waiting = {(loc.name, name): loc for loc in required for name in names}
     deadline = time.monotonic() + runtime.config.wal_confirm_timeout
     why: dict[tuple[str, str], str] = {}
+    pause = _POLL_FIRST
     while True:
         for (where, name), loc in list(waiting.items()):
             found, why[(where, name)] = _has_manifest(loc, scope, name)
@@ -257,7 +260,8 @@ def confirm_archived(runtime: Runtime, scope: str, names: list[str]) -> list[str
             return [loc.name for loc in required]
         if time.monotonic() >= deadline:
             raise WalNotArchived(_missing_message(runtime, waiting, why))
-        time.sleep(_POLL)
+        time.sleep(pause)
+        pause = min(pause * 2, _POLL_MOST)
 
 
 def _has_manifest(loc: Location, scope: str, name: str) -> tuple[bool, str]:
