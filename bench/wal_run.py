@@ -505,12 +505,14 @@ def reference_launcher(work: Path, rev: str) -> None:
                              capture_output=True).stdout  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
     precompile(src)
+    # the executable's entry point where the revision has one (its lean wal-push/wal-fetch)
+    entry = "entry" if (src / "src/strongroom/interfaces/entry.py").is_file() else "cli"
     sites = [p for p in site.getsitepackages() if Path(p).is_dir()]
     program = (
         "import site, sys\n"
         f"for p in {sites!r}: site.addsitedir(p)\n"
         f"sys.path.insert(0, {str(src / 'src')!r})\n"  # ahead of the editable install's path
-        "from strongroom.interfaces.cli import main\n"
+        f"from strongroom.interfaces.{entry} import main\n"
         "sys.exit(main())\n"
     )
     command = f"exec {shlex.quote(interpreter())} -E -s -c {shlex.quote(program)}"
