@@ -125,14 +125,8 @@ START TIMELINE: 1
 STOP TIME: 2026-12-04 19:08:59 UTC
 STOP TIMELINE: 1
 """
-LABEL = b"""START WAL LOCATION: 0/41000028 (file 000000010000000000000041)
-CHECKPOINT LOCATION: 0/41000060
-BACKUP METHOD: streamed
-BACKUP FROM: primary
-START TIME: 2026-12-04 19:08:56 UTC
-LABEL: strongroom 20261204T190856Z-06cfcb
-START TIMELINE: 1
-"""
+#: The ``backup_label`` of the same backup: the history file without its stop lines.
+LABEL = b"".join(line for line in HISTORY.splitlines(True) if not line.startswith(b"STOP"))
 
 
 def test_a_server_compressed_backup_reads_its_stop_from_the_archived_history_file() -> None:

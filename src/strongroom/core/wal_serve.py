@@ -14,7 +14,7 @@ import os
 import secrets
 from pathlib import Path
 
-from strongroom.core.wal_spool import Spool
+from strongroom.core.wal_spool import Spool, write_whole
 from strongroom.errors import WalFetchStop
 
 
@@ -28,9 +28,9 @@ def serve_prefetched(spool: Spool, name: str, target: Path) -> int:
     return len(data)
 
 
-def newer_prefetched(spool: Spool, name: str) -> list[str]:
-    """Prefetched segments of ``name``'s timeline after it: recovery's next calls."""
-    return [other for other in spool.prefetched() if other[:8] == name[:8] and other > name]
+def newer_prefetched(prefetched: list[str], name: str) -> list[str]:
+    """Of ``prefetched``, the segments of ``name``'s timeline after it: recovery's next calls."""
+    return [other for other in prefetched if other[:8] == name[:8] and other > name]
 
 
 def forget_older(spool: Spool, name: str) -> None:
@@ -45,14 +45,8 @@ def write_atomically(target: Path, data: bytes) -> None:
     """``target`` holds all of ``data`` or is untouched: temporary name, fsync, rename."""
     temp = target.with_name(f"{target.name}.strongroom-{secrets.token_hex(4)}")
     try:
-        with temp.open("xb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        temp.replace(target)
+        write_whole(target, data, temp)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink()
         raise WalFetchStop(f"cannot write {target}: {exc.strerror or exc}") from None
     with contextlib.suppress(OSError):
         fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)

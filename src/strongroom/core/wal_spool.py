@@ -38,17 +38,7 @@ class Spool:
     def _write(self, path: Path, data: bytes) -> None:
         import secrets  # here, not at the top: wal-push's fast path only reads the spool
 
-        temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-        try:
-            with temp.open("xb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            temp.rename(path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
+        write_whole(path, data, path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}"))
 
     # -- pushed ahead ------------------------------------------------------------------------
 
@@ -114,3 +104,18 @@ class Spool:
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def write_whole(path: Path, data: bytes, temp: Path) -> None:
+    """``path`` holds all of ``data`` or is untouched: written to ``temp``, fsynced, renamed
+    (``temp`` removed on any failure, which is re-raised)."""
+    try:
+        with temp.open("xb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        temp.rename(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise

@@ -47,36 +47,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 def plain_wal_push(words: Sequence[str]) -> tuple[str, str | None] | None:
     """``(path, config file)`` of ``[--config FILE | --config=FILE] wal-push PATH``, else
     ``None`` (every other command line is the CLI's to parse)."""
-    rest = list(words)
-    config: str | None = None
-    if len(rest) == 4 and rest[0] == "--config":
-        config, rest = rest[1], rest[2:]
-    elif len(rest) == 3 and rest[0].startswith("--config="):
-        config, rest = rest[0][len("--config=") :], rest[1:]
-    if len(rest) != 2 or rest[0] != "wal-push":
-        return None
-    path = rest[1]
-    if not path or path.startswith("-") or (config is not None and config.startswith("-")):
-        return None  # argparse reads these as options: the CLI's error, not ours
-    return path, config
+    plain = _plain(words, "wal-push", 1)
+    return None if plain is None else (plain[0][0], plain[1])
 
 
 def plain_wal_fetch(words: Sequence[str]) -> tuple[str, str, str | None] | None:
     """``(name, dest, config file)`` of ``[--config FILE | --config=FILE] wal-fetch NAME
     DEST``, else ``None``."""
+    plain = _plain(words, "wal-fetch", 2)
+    return None if plain is None else (plain[0][0], plain[0][1], plain[1])
+
+
+def _plain(
+    words: Sequence[str], command: str, operands: int
+) -> tuple[list[str], str | None] | None:
+    """``(operands, config file)`` of ``[--config FILE | --config=FILE] COMMAND OPERAND...``
+    with exactly ``operands`` operands, none of them (nor FILE) looking like an option."""
     rest = list(words)
     config: str | None = None
-    if len(rest) == 5 and rest[0] == "--config":
+    if len(rest) == operands + 3 and rest[0] == "--config":
         config, rest = rest[1], rest[2:]
-    elif len(rest) == 4 and rest[0].startswith("--config="):
+    elif len(rest) == operands + 2 and rest[0].startswith("--config="):
         config, rest = rest[0][len("--config=") :], rest[1:]
-    if len(rest) != 3 or rest[0] != "wal-fetch":
+    if len(rest) != operands + 1 or rest[0] != command:
         return None
-    name, dest = rest[1], rest[2]
-    words_ok = all(w and not w.startswith("-") for w in (name, dest))
-    if not words_ok or (config is not None and config.startswith("-")):
-        return None
-    return name, dest, config
+    values = rest[1:]
+    if not all(v and not v.startswith("-") for v in values) or (config or "").startswith("-"):
+        return None  # argparse reads these as options: the CLI's error, not ours
+    return values, config
 
 
 def served_from_spool(name: str, dest: str, config_file: str | None) -> int | None:
@@ -96,7 +94,8 @@ def served_from_spool(name: str, dest: str, config_file: str | None) -> int | No
             from strongroom.core.wal_spool import Spool
 
             spool = Spool(spool_dir)
-            if name not in spool.prefetched() or not newer_prefetched(spool, name):
+            prefetched = spool.prefetched()
+            if name not in prefetched or not newer_prefetched(prefetched, name):
                 return None
             serve_prefetched(spool, name, Path(dest))
             return ExitCode.OK

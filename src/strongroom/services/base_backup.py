@@ -103,8 +103,9 @@ class _BaseRun:
         )
         self.process: basebackup.BaseBackupProcess | None = None
         self.confirmed: list[str] = []
-        self.pg_basebackup = postgres.find_binary("pg_basebackup", self.rt.config.pg_bindir)
-        self.client_version = postgres.binary_version(self.pg_basebackup)
+        self.client_version = postgres.binary_version(
+            postgres.find_binary("pg_basebackup", self.rt.config.pg_bindir)
+        )
         self.server_zstd = server_zstd(self.rt, self.cluster, self.client_version)
 
     def run(self) -> BackupReport:
