@@ -28,6 +28,7 @@ import pytest
 from strongroom.config import load_config
 from strongroom.core import crypto
 from strongroom.core.manifest import Manifest
+from strongroom.core.wal_spool import Spool, file_stamp
 from strongroom.errors import ExitCode
 from strongroom.sandbox.launcher import write_launcher
 from strongroom.sandbox.pgcluster import PgCluster, archive_settings
@@ -351,6 +352,9 @@ def test_ready_segments_are_pushed_ahead_and_a_later_call_returns_at_once(
     first = archive.run("-v", "wal-push", f"pg_wal/{names[0]}", cwd=pg.data_dir)
     assert first.returncode == 0, first.stderr
     assert {p.name for p in (archive.spool / "pushed").iterdir()} >= set(names[1:])
+    # each record holds the stamp of the version pushed: the later call need not read it again
+    for name in names[1:]:
+        assert Spool(archive.spool).pushed(name)[1] == file_stamp((pg.wal_dir / name).stat())
     for name in names:
         assert len(archive.stored_keys("b2", name)) == 2
 

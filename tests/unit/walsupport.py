@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from pathlib import Path
+
+from strongroom.core.wal_spool import file_stamp
 
 #: Variables of the developer's shell that would change what the command does.
 FOREIGN = ("PG", "BACKUP_", "STRONGROOM_", "R2_", "B2_", "CELERY_", "DJANGO_", "DATABASE_URL")
@@ -13,9 +16,12 @@ SYSTEM_ID = 7_311_000_000_000_000_001
 NAME = "000000010000000000000001"
 
 
-def pushed_ahead_cluster(tmp_path: Path, *, control_id: int = SYSTEM_ID) -> tuple[Path, Path, Path]:
-    """A data directory with one segment pushed ahead (its record in the spool), and a config
-    file naming three locations; ``(segment, record, config file)``."""
+def pushed_ahead_cluster(
+    tmp_path: Path, *, control_id: int = SYSTEM_ID, stamped: bool = False
+) -> tuple[Path, Path, Path]:
+    """A data directory with one segment pushed ahead (its record in the spool: the SHA-256,
+    and with ``stamped`` the file's stamp as a push ahead records it), and a config file
+    naming three locations; ``(segment, record, config file)``."""
     data = tmp_path / "data"
     (data / "global").mkdir(parents=True)
     (data / "pg_wal").mkdir()
@@ -27,7 +33,8 @@ def pushed_ahead_cluster(tmp_path: Path, *, control_id: int = SYSTEM_ID) -> tupl
     segment.write_bytes(header + bytes(SEGMENT_SIZE - len(header)))
     record = tmp_path / "spool" / "pushed" / NAME
     record.parent.mkdir(parents=True)
-    record.write_text(hashlib.sha256(segment.read_bytes()).hexdigest())
+    sha = hashlib.sha256(segment.read_bytes()).hexdigest()
+    record.write_text(f"{sha}\n{file_stamp(os.stat(segment))}" if stamped else sha)
     config = tmp_path / "strongroom.env"
     config.write_text(
         f"BACKUP_WAL_SPOOL_DIR={tmp_path / 'spool'}\n"

@@ -4,7 +4,8 @@ PostgreSQL starts one ``archive_command`` per file and one ``restore_command`` p
 anything learnt by one call that helps the next lives here, never inside ``pg_wal`` (pg_rewind
 and pg_basebackup trip over foreign files there)::
 
-    pushed/<name>            plaintext SHA-256 of a file pushed ahead of the archiver's call
+    pushed/<name>            plaintext SHA-256 of a file pushed ahead of the archiver's call,
+                             and the file's stamp (see :func:`file_stamp`) as it was read
     down/<location>          an optional location that just failed (skipped for a while)
     missed/<location>/<name> a file an optional location did not get (``heal`` back-fills it)
     prefetch/<name>          a segment fetched and checked ahead of recovery's call
@@ -42,15 +43,23 @@ class Spool:
 
     # -- pushed ahead ------------------------------------------------------------------------
 
-    def mark_pushed(self, name: str, sha256: str) -> None:
-        self._write(self._dir("pushed") / name, sha256.encode("ascii"))
+    def mark_pushed(self, name: str, sha256: str, stamp: str = "") -> None:
+        self._write(self._dir("pushed") / name, f"{sha256}\n{stamp}".encode("ascii"))
+
+    def pushed(self, name: str) -> tuple[str, str]:
+        """``(plaintext SHA-256, stamp)`` recorded for ``name`` pushed ahead, or ``("", "")``;
+        the stamp is ``""`` in a record of an older version, or when the file changed while
+        it was read."""
+        try:
+            text = (self.root / "pushed" / name).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            return "", ""
+        sha, _, stamp = text.strip().partition("\n")
+        return sha.strip(), stamp.strip()
 
     def pushed_sha(self, name: str) -> str:
         """The plaintext SHA-256 recorded for ``name`` pushed ahead, or ``""``."""
-        try:
-            return (self.root / "pushed" / name).read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError):
-            return ""
+        return self.pushed(name)[0]
 
     def forget_pushed(self, name: str) -> None:
         """A marker answers one call: after a crash PostgreSQL's re-push checks the archive."""
@@ -104,6 +113,13 @@ class Spool:
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def file_stamp(st: os.stat_result) -> str:
+    """What identifies one version of a file without reading it: device, inode, size, and the
+    modification and change times in nanoseconds. Writing to the file changes its change
+    time, which no process can set back, and replacing it changes the inode."""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 def write_whole(path: Path, data: bytes, temp: Path) -> None:

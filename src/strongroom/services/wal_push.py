@@ -16,8 +16,10 @@ another cluster than the data directory's ``pg_control`` is refused (``ForeignWa
 Keeping up: one invocation also pushes up to ``BACKUP_WAL_PUSH_AHEAD`` other files PostgreSQL
 has marked ``.ready`` in ``pg_wal/archive_status``, ``BACKUP_WAL_PUSH_PARALLEL`` at a time (as
 pgBackRest's asynchronous archiving and WAL-G's background uploader do), and records each in the
-spool (outside ``pg_wal``). When PostgreSQL later asks for one of them, its plaintext SHA-256 is
-compared with the record and the call returns at once. Nothing is ever dropped to keep up.
+spool (outside ``pg_wal``) with the file's stamp (device, inode, size, modification and change
+times). When PostgreSQL later asks for one of them and the stamp is unchanged, the call returns
+at once, without reading the file again; otherwise its plaintext SHA-256 is compared with the
+record. Nothing is ever dropped to keep up.
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ class _Pusher:
     def push(self, file: Path, ahead: bool = False) -> Pushed:
         started = time.monotonic()
         name = file.name
-        data = read_wal_file(file)
+        data, stamp = read_wal_file(file)
         sha = hashlib.sha256(data).hexdigest()
         segment_size = check_header(self.scope, name, data)
         if self.spool is not None and self.spool.pushed_sha(name) == sha:
@@ -188,7 +190,7 @@ class _Pusher:
                 + "; ".join(f"{loc}: {how}" for loc, how in result.locations.items())
             )
         if self.spool is not None and ahead:
-            self.spool.mark_pushed(name, sha)
+            self.spool.mark_pushed(name, sha, stamp)
         result.seconds = time.monotonic() - started
         return result
 
