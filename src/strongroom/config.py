@@ -91,6 +91,9 @@ GENERAL_SETTINGS = (
     "BACKUP_WAL_SPOOL_DIR",
     "BACKUP_WAL_PUSH_PARALLEL",
     "BACKUP_WAL_PUSH_AHEAD",
+    "BACKUP_WAL_ASYNC",
+    "BACKUP_WAL_ASYNC_IDLE_SECONDS",
+    "BACKUP_WAL_ASYNC_WAIT_SECONDS",
     "BACKUP_WAL_COMPRESSION_LEVEL",
     "BACKUP_WAL_OPTIONAL_TIMEOUT",
     "BACKUP_WAL_SKIP_DOWN_SECONDS",
@@ -144,6 +147,8 @@ NUMBERS: dict[str, Number] = {
     "BACKUP_WAL_CONFIRM_TIMEOUT": seconds(high=24 * 3600),
     "BACKUP_WAL_PUSH_PARALLEL": whole(1, 64),
     "BACKUP_WAL_PUSH_AHEAD": whole(0, 1024),
+    "BACKUP_WAL_ASYNC_IDLE_SECONDS": seconds(high=24 * 3600),
+    "BACKUP_WAL_ASYNC_WAIT_SECONDS": seconds(high=24 * 3600),
     "BACKUP_WAL_COMPRESSION_LEVEL": whole(1, 22, "a compression level"),  # gzip: 1-9
     "BACKUP_WAL_OPTIONAL_TIMEOUT": seconds(high=24 * 3600),
     "BACKUP_WAL_SKIP_DOWN_SECONDS": _BACKOFF,
@@ -251,6 +256,13 @@ class WalSettings:
     #: Each pushing call pays ~0.5 s of CPU before its first upload (imports, two S3 clients),
     #: so a backlog is cheaper in fewer, longer calls; memory is bounded by ``push_parallel``.
     push_ahead: int = 32
+    #: A background uploader (``wal-uploader``, started by ``wal-push``) pushes ``.ready``
+    #: files as they appear, in one long-lived process, and ``wal-push`` waits for its record.
+    async_push: bool = False
+    #: Seconds the uploader stays after its last push (its start-up is paid once per stay).
+    async_idle_seconds: float = 60.0
+    #: Seconds ``wal-push`` waits for the uploader's record before pushing the file itself.
+    async_wait_seconds: float = 30.0
     #: Seconds an optional location may take for one segment before it is left to ``heal``.
     optional_timeout: float = 10.0
     #: Seconds an optional location that failed is skipped by later pushes (0: never skip).
@@ -443,6 +455,13 @@ def load_wal_settings(source: Mapping[str, Any]) -> WalSettings:
         spool_dir=_get(source, "BACKUP_WAL_SPOOL_DIR") or None,
         push_parallel=_number(source, "BACKUP_WAL_PUSH_PARALLEL", defaults.push_parallel),
         push_ahead=_number(source, "BACKUP_WAL_PUSH_AHEAD", defaults.push_ahead),
+        async_push=_bool(source, "BACKUP_WAL_ASYNC", defaults.async_push),
+        async_idle_seconds=_number(
+            source, "BACKUP_WAL_ASYNC_IDLE_SECONDS", defaults.async_idle_seconds
+        ),
+        async_wait_seconds=_number(
+            source, "BACKUP_WAL_ASYNC_WAIT_SECONDS", defaults.async_wait_seconds
+        ),
         optional_timeout=_number(source, "BACKUP_WAL_OPTIONAL_TIMEOUT", defaults.optional_timeout),
         skip_down_seconds=_number(
             source, "BACKUP_WAL_SKIP_DOWN_SECONDS", defaults.skip_down_seconds

@@ -9,6 +9,10 @@ and pg_basebackup trip over foreign files there)::
     down/<location>          an optional location that just failed (skipped for a while)
     missed/<location>/<name> a file an optional location did not get (``heal`` back-fills it)
     prefetch/<name>          a segment fetched and checked ahead of recovery's call
+    failed/<name>            why the background uploader could not push a file (the
+                             archiver's own call then pushes it and reports)
+    uploader.lock            locked by the running background uploader (``BACKUP_WAL_ASYNC``)
+    uploader.log             what the background uploader said (warnings and failures)
 
 Every file is written to a temporary name and renamed, so a reader sees all or nothing. The
 spool is private (0700): prefetched segments are plaintext WAL. Losing it loses nothing: a
@@ -61,10 +65,42 @@ class Spool:
         """The plaintext SHA-256 recorded for ``name`` pushed ahead, or ``""``."""
         return self.pushed(name)[0]
 
+    def pushed_names(self) -> set[str]:
+        """Every file with a record of a push ahead (one directory listing)."""
+        try:
+            return {n for n in os.listdir(self.root / "pushed") if not n.startswith(".")}
+        except OSError:
+            return set()
+
     def forget_pushed(self, name: str) -> None:
         """A marker answers one call: after a crash PostgreSQL's re-push checks the archive."""
         with contextlib.suppress(OSError):
             (self.root / "pushed" / name).unlink()
+
+    # -- the background uploader ------------------------------------------------------------
+
+    def mark_failed(self, name: str, reason: str) -> None:
+        self._write(self._dir("failed") / name, reason.encode("utf-8", "replace"))
+
+    def failed(self, name: str) -> str:
+        """Why the uploader could not push ``name``, or ``""``."""
+        try:
+            return (self.root / "failed" / name).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def forget_failed(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.root / "failed" / name).unlink()
+
+    @property
+    def uploader_lock(self) -> Path:
+        self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        return self.root / "uploader.lock"
+
+    @property
+    def uploader_log(self) -> Path:
+        return self.root / "uploader.log"
 
     # -- optional locations that fail --------------------------------------------------------
 

@@ -187,6 +187,12 @@ def _wal_commands(sub: Any) -> None:
         "wal-push", help="archive one WAL file in every location (archive_command ... %%p)"
     )
     wp.add_argument("path", help="the file, as PostgreSQL passes it (%%p)")
+    wu = sub.add_parser(
+        "wal-uploader",
+        help="push .ready WAL files as they appear until idle (started by wal-push when "
+        "BACKUP_WAL_ASYNC is on)",
+    )
+    wu.add_argument("wal_dir", metavar="PG_WAL", help="the cluster's pg_wal directory")
     wf = sub.add_parser(
         "wal-fetch", help="restore one archived WAL file (restore_command ... %%f %%p)"
     )
@@ -322,9 +328,10 @@ def main(argv: Sequence[str] | None = None, *, config: Config | None = None) -> 
     """Entry point; ``config`` is given by ``manage.py strongroom`` (Django settings)."""
     words = sys.argv[1:] if argv is None else list(argv)
     args = _parser(_command_of(words)).parse_args(words)
+    stamp = "%(asctime)s " if args.command == "wal-uploader" else ""  # it writes a log file
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
-        format="strongroom: %(levelname)s: %(message)s",
+        format=f"{stamp}strongroom: %(levelname)s: %(message)s",
     )
     notice = logging.getLogger("strongroom.notify.notice")
     saved = notice.level
@@ -378,7 +385,7 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
 
 #: Run by PostgreSQL once per WAL file as its OS user: no catalog, and a fast start (and
 #: ``wal-verify``, which records in the catalog only when one can be opened).
-_ARCHIVER_COMMANDS = frozenset({"wal-push", "wal-fetch", "wal-verify"})
+_ARCHIVER_COMMANDS = frozenset({"wal-push", "wal-uploader", "wal-fetch", "wal-verify"})
 
 
 def _archiver_command(args: argparse.Namespace, config: Config | None) -> int:
@@ -388,6 +395,7 @@ def _archiver_command(args: argparse.Namespace, config: Config | None) -> int:
         return ExitCode.OK  # the fast path: only the WAL settings were read
     handlers: dict[str, Handler] = {
         "wal-push": wal_commands.wal_push,
+        "wal-uploader": wal_commands.wal_uploader,
         "wal-fetch": wal_commands.wal_fetch,
         "wal-verify": wal_commands.wal_verify,
     }

@@ -85,7 +85,7 @@ def served_from_spool(name: str, dest: str, config_file: str | None) -> int | No
 
     try:
         with signals_interrupt():
-            spool_dir, _ = wal_settings(config_file)
+            spool_dir, _, _ = wal_settings(config_file)
             if not spool_dir:
                 return None
             from pathlib import Path
@@ -115,10 +115,17 @@ def pushed_ahead(path: str, config_file: str | None) -> int | None:
 
     try:
         with signals_interrupt():
-            spool_dir, pgdata = wal_settings(config_file)
+            spool_dir, pgdata, wait = wal_settings(config_file)
             from strongroom.services.wal_cluster import answered_from_spool
 
             if answered_from_spool(spool_dir, pgdata, path):
+                return ExitCode.OK
+            if (
+                spool_dir
+                and wait is not None
+                and uploaded(spool_dir, path, config_file, wait)
+                and answered_from_spool(spool_dir, pgdata, path)
+            ):
                 return ExitCode.OK
     except Interrupted as exc:
         print(f"strongroom: error: {exc}; nothing was left half-done", file=sys.stderr)
@@ -133,11 +140,26 @@ def pushed_ahead(path: str, config_file: str | None) -> int | None:
 SPOOL, PGDATA = "BACKUP_WAL_SPOOL_DIR", "STRONGROOM_PGDATA"
 
 
-def wal_settings(config_file: str | None) -> tuple[str | None, str | None]:
-    """``(spool directory, data directory)`` as :func:`strongroom.config.wal_settings_from_env`
-    reads them: the environment over the config file, blank meaning unset, the same file
-    reader, and the same errors for any other WAL setting (only then is that module loaded,
-    a third of this call's CPU: its dataclasses and number parsers)."""
+def uploaded(spool_dir: str, path: str, config_file: str | None, wait: float) -> bool:
+    """With ``BACKUP_WAL_ASYNC`` on: whether the background uploader recorded ``path`` pushed
+    within ``wait`` seconds (started if it is not running; :mod:`strongroom.core.wal_async`)."""
+    from pathlib import Path
+
+    from strongroom.core.wal_async import wait_for_record
+    from strongroom.core.wal_spool import Spool
+
+    file = Path(path).absolute()
+    if file.parent.name != "pg_wal":
+        return False  # the uploader watches pg_wal/archive_status: the CLI pushes this one
+    return wait_for_record(Spool(spool_dir), file.name, file.parent, config_file, wait)
+
+
+def wal_settings(config_file: str | None) -> tuple[str | None, str | None, float | None]:
+    """``(spool directory, data directory, seconds to wait for the background uploader or
+    None when it is off)`` as :func:`strongroom.config.wal_settings_from_env` reads them: the
+    environment over the config file, blank meaning unset, the same file reader, and the same
+    errors for any other WAL setting (only then is that module loaded, a third of this call's
+    CPU: its dataclasses and number parsers)."""
     import os
     from collections import ChainMap
 
@@ -153,5 +175,6 @@ def wal_settings(config_file: str | None) -> tuple[str | None, str | None]:
         from strongroom.config import load_wal_settings
 
         settings = load_wal_settings(source)
-        return settings.spool_dir, settings.pgdata
-    return (source.get(SPOOL, "").strip() or None), (source.get(PGDATA, "").strip() or None)
+        wait = settings.async_wait_seconds if settings.async_push else None
+        return settings.spool_dir, settings.pgdata, wait
+    return (source.get(SPOOL, "").strip() or None), (source.get(PGDATA, "").strip() or None), None

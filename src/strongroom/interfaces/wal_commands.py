@@ -53,6 +53,36 @@ def wal_push(args: argparse.Namespace, config: Config) -> int:
         log.info("%s: %s (%.3f s)", pushed.name, where, pushed.seconds)
     if report.ahead:
         log.info("pushed ahead: %s", ", ".join(p.name for p in report.ahead))
+    if config.wal.async_push and config.wal.spool_dir:
+        _keep_uploader(args, config.wal.spool_dir)
+    return ExitCode.OK
+
+
+def _keep_uploader(args: argparse.Namespace, spool_dir: str) -> None:
+    """With ``BACKUP_WAL_ASYNC`` on, a call that pushed its own file leaves the uploader
+    running for the files behind it (started when none is)."""
+    from pathlib import Path
+
+    from strongroom.core.wal_async import start_uploader, uploader_running
+    from strongroom.core.wal_spool import Spool
+
+    wal_dir = Path(args.path).absolute().parent
+    spool = Spool(spool_dir)
+    try:
+        if wal_dir.name == "pg_wal" and not uploader_running(spool):
+            start_uploader(spool, wal_dir, args.config)
+    except OSError as exc:  # this file is archived: say so, and push the next one likewise
+        log.warning("cannot start the background uploader: %s", exc.strerror or exc)
+
+
+def wal_uploader(args: argparse.Namespace, config: Config) -> int:
+    """The background uploader (``BACKUP_WAL_ASYNC``), until it is idle."""
+    from pathlib import Path
+
+    from strongroom.services.wal_uploader import run_uploader
+
+    pushed = run_uploader(config, Path(args.wal_dir))
+    log.info("uploader: %d file(s) pushed", pushed)
     return ExitCode.OK
 
 

@@ -86,15 +86,22 @@ def push_wal(config: Config, path: str) -> PushReport:
         wal.parse_name(file.name)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    runtime = dataclasses.replace(Runtime.build(config), codec=wal_codec(config))
-    pusher = _Pusher(runtime, cluster_scope(data_dir_of(config, file)))
-    ahead = _ready_ahead(file, pusher.spool, config.wal.push_ahead)
+    pusher = make_pusher(config, file)
+    # with the background uploader on, it takes the files ahead (one process pushing each once)
+    limit = 0 if config.wal.async_push else config.wal.push_ahead
+    ahead = _ready_ahead(file, pusher.spool, limit)
     with ThreadPoolExecutor(max_workers=config.wal.push_parallel) as pool:
         asked = pool.submit(pusher.push, file)
         others = {name: pool.submit(pusher.push, file.parent / name, True) for name in ahead}
         report = PushReport(asked.result())
         _collect(report, others)
     return report
+
+
+def make_pusher(config: Config, file: Path) -> _Pusher:
+    """A pusher for the cluster whose WAL ``file`` is (or would be) in ``pg_wal``."""
+    runtime = dataclasses.replace(Runtime.build(config), codec=wal_codec(config))
+    return _Pusher(runtime, cluster_scope(data_dir_of(config, file)))
 
 
 def wal_codec(config: Config) -> Codec:
@@ -124,17 +131,24 @@ def _collect(report: PushReport, others: dict[str, Future[Pushed]]) -> None:
 
 def _ready_ahead(file: Path, spool: Spool | None, limit: int) -> list[str]:
     """Files PostgreSQL has marked ready besides ``file``, oldest first, not yet pushed."""
-    status = file.parent / "archive_status"
-    if spool is None or limit <= 0 or file.parent.name != "pg_wal" or not status.is_dir():
+    if spool is None or limit <= 0 or file.parent.name != "pg_wal":
         return []
     names: list[str] = []
-    for marker in sorted(status.glob("*.ready"), key=_archive_order):
-        name = marker.name[: -len(".ready")]
+    for name in ready_names(file.parent):
         if name != file.name and not spool.pushed_sha(name):
             names.append(name)
         if len(names) >= limit:
             break
     return names
+
+
+def ready_names(wal_dir: Path) -> list[str]:
+    """The files PostgreSQL has marked ``.ready`` in ``wal_dir``, in the order it archives
+    them: history files first, then by name (oldest first)."""
+    status = wal_dir / "archive_status"
+    if not status.is_dir():
+        return []
+    return [m.name[: -len(".ready")] for m in sorted(status.glob("*.ready"), key=_archive_order)]
 
 
 def _archive_order(marker: Path) -> tuple[int, str]:
@@ -189,8 +203,11 @@ class _Pusher:
                 f"{name} could not be archived in any location: "
                 + "; ".join(f"{loc}: {how}" for loc, how in result.locations.items())
             )
-        if self.spool is not None and ahead:
-            self.spool.mark_pushed(name, sha, stamp)
+        if self.spool is not None:
+            if ahead:
+                self.spool.mark_pushed(name, sha, stamp)
+            else:
+                self.spool.forget_failed(name)  # the uploader's failure is answered
         result.seconds = time.monotonic() - started
         return result
 

@@ -1,0 +1,99 @@
+"""The handshake between ``wal-push`` and the background uploader (``BACKUP_WAL_ASYNC``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from strongroom.config import load_config
+from strongroom.core import crypto
+from strongroom.core.wal_async import (
+    holding_uploader_lock,
+    self_command,
+    uploader_running,
+    wait_for_record,
+)
+from strongroom.core.wal_spool import Spool
+from strongroom.errors import ConfigError
+
+NAME = "000000010000000000000007"
+
+
+@pytest.mark.parametrize(
+    ("orig", "argv", "command"),
+    [
+        (
+            ["/v/bin/python", "/v/bin/strongroom", "wal-push", "p"],
+            ["/v/bin/strongroom", "wal-push", "p"],
+            ["/v/bin/python", "/v/bin/strongroom"],
+        ),
+        (
+            ["python3", "-E", "-s", "-c", "CODE", "--config", "f", "wal-push", "p"],
+            ["-c", "--config", "f", "wal-push", "p"],
+            ["python3", "-E", "-s", "-c", "CODE"],
+        ),
+        (
+            ["python", "-m", "strongroom", "wal-push", "p"],
+            ["/x/strongroom/__main__.py", "wal-push", "p"],
+            ["python", "-m", "strongroom"],
+        ),
+    ],
+)
+def test_the_uploader_is_started_the_way_this_process_was(
+    orig: list[str], argv: list[str], command: list[str]
+) -> None:
+    assert self_command(orig, argv) == command
+
+
+def test_the_lock_says_whether_an_uploader_runs(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    assert not uploader_running(spool)
+    with holding_uploader_lock(spool) as held:
+        assert held and uploader_running(spool)
+        with holding_uploader_lock(spool) as second:
+            assert not second  # one uploader per spool
+    assert not uploader_running(spool)
+
+
+def test_a_record_answers_and_a_failure_hands_the_file_back_at_once(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    with holding_uploader_lock(spool):
+        spool.mark_pushed(NAME, "ab" * 32, "stamp")
+        assert wait_for_record(spool, NAME, tmp_path, None, 5.0)
+        spool.forget_pushed(NAME)
+        spool.mark_failed(NAME, "r2: no answer in 30 s")
+        started = time.monotonic()
+        assert not wait_for_record(spool, NAME, tmp_path, None, 5.0)
+        assert time.monotonic() - started < 1.0
+
+
+def test_a_running_uploader_is_waited_for_no_longer_than_the_setting(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    with holding_uploader_lock(spool):
+        started = time.monotonic()
+        assert not wait_for_record(spool, NAME, tmp_path, None, 0.3)
+        assert 0.3 <= time.monotonic() - started < 2.0
+
+
+def test_the_settings_are_read_and_checked() -> None:
+    base = {"DATABASE_URL": "postgresql://x@h/db", "BACKUP_ENCRYPTION_KEY": crypto.generate_key()}
+    base["BACKUP_LOCAL_PATH"] = "/tmp/x"
+    wal = load_config(base).wal
+    assert (wal.async_push, wal.async_idle_seconds, wal.async_wait_seconds) == (False, 60.0, 30.0)
+    wal = load_config({**base, "BACKUP_WAL_ASYNC": "on", "BACKUP_WAL_ASYNC_IDLE_SECONDS": "5"}).wal
+    assert (wal.async_push, wal.async_idle_seconds) == (True, 5.0)
+    with pytest.raises(ConfigError, match="BACKUP_WAL_ASYNC must be true or false"):
+        load_config({**base, "BACKUP_WAL_ASYNC": "maybe"})
+    with pytest.raises(ConfigError, match="BACKUP_WAL_ASYNC_WAIT_SECONDS"):
+        load_config({**base, "BACKUP_WAL_ASYNC_WAIT_SECONDS": "0"})
+
+
+def test_the_uploader_needs_a_spool() -> None:
+    from strongroom.services.wal_uploader import run_uploader
+
+    base = {"DATABASE_URL": "postgresql://x@h/db", "BACKUP_ENCRYPTION_KEY": crypto.generate_key()}
+    config = load_config({**base, "BACKUP_LOCAL_PATH": "/tmp/x", "BACKUP_WAL_ASYNC": "true"})
+    with pytest.raises(ConfigError, match="BACKUP_WAL_ASYNC needs BACKUP_WAL_SPOOL_DIR"):
+        run_uploader(config, Path("/nowhere/pg_wal"))
