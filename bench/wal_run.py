@@ -68,12 +68,16 @@ from strongroom.sandbox.seaweed import SeaweedServer
 SERVER_USER = "postgres"
 BUCKETS = {"r2": "r2-backups", "b2": "b2-backups"}
 SEGMENT = 16 << 20
+#: ``BACKUP_WAL_ASYNC_IDLE_SECONDS`` of the asynchronous candidate: short, so its uploader is
+#: gone (and its CPU counted) before the next candidate's run.
+UPLOADER_IDLE = 8.0
 SECTION_START = "<!-- wal benchmark: start -->"
 SECTION_END = "<!-- wal benchmark: end -->"
-CANDIDATES: tuple[str, ...] = ("cp", "ours_all", "ours_local", "barman")
+CANDIDATES: tuple[str, ...] = ("cp", "ours_all", "ours_all_async", "ours_local", "barman")
 LABELS = {
     "cp": "`test ! -f DIR/%f && cp %p DIR/%f` (floor)",
     "ours_all": "`strongroom wal-push %p` → local + r2 + b2",
+    "ours_all_async": "`strongroom wal-push %p` → local + r2 + b2, `BACKUP_WAL_ASYNC=true`",
     "ours_local": "`strongroom wal-push %p` → local",
     "barman": "`barman-cloud-wal-archive` → one S3 bucket",
     "ours_all_ref": "`strongroom wal-push %p` → local + r2 + b2, code of `--reference REV`",
@@ -143,7 +147,7 @@ class WalBench:
         self.shim = work / "shim.sh"
         self.shim.write_text(SHIM)
         give(self.shim, 0o755)
-        for sub in ("local", "spool", "spool-local", "cp", "latency", "local-only"):
+        for sub in ("local", "spool", "spool-local", "spool-async", "cp", "latency", "local-only"):
             (work / sub).mkdir()
             give(work / sub, 0o700)
         self.settings = {
@@ -163,6 +167,13 @@ class WalBench:
             "BACKUP_WAL_SPOOL_DIR": str(work / "spool-local"),
         }
         self.config_local = self.write_config(work / "strongroom-local.env", local_only)
+        asynchronous = {
+            **self.settings,
+            "BACKUP_WAL_SPOOL_DIR": str(work / "spool-async"),
+            "BACKUP_WAL_ASYNC": "true",
+            "BACKUP_WAL_ASYNC_IDLE_SECONDS": str(UPLOADER_IDLE),
+        }
+        self.config_async = self.write_config(work / "strongroom-async.env", asynchronous)
         self.barman_wrapper = self.write_barman_wrapper()
         self.counter = 0
 
@@ -196,6 +207,7 @@ class WalBench:
             "cp": f"sh -c 'test ! -f {self.work}/cp/$1 && cp $0 {self.work}/cp/$1' %p %f",
             "ours_all": f"{self.launcher} --config {self.config} wal-push %p",
             "ours_local": f"{self.launcher} --config {self.config_local} wal-push %p",
+            "ours_all_async": f"{self.launcher} --config {self.config_async} wal-push %p",
             "barman": f"{self.barman_wrapper} %p",
             "ours_all_ref": f"{self.work / 'strongroom-ref'} --config {self.config} wal-push %p",
         }[name]
@@ -226,6 +238,29 @@ class WalBench:
 
     def postmaster(self) -> int:
         return int((self.cluster.data_dir / "postmaster.pid").read_text().split()[0])
+
+    def uploader_pids(self) -> list[int]:
+        """The background uploaders of this cluster (detached: not in the archiver's tree)."""
+        wanted = f"wal-uploader {self.cluster.data_dir}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if wanted in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
+                        pids.append(int(entry.name))
+        return pids
+
+    def settle_uploader(self, cpu: dict[str, float]) -> None:
+        """Add the uploader's CPU to the archiver's (it is still there, idle, right after a
+        drain), then wait until it has left, so it pushes nothing of the next run."""
+        uploader = sum(tree_cpu(pid) for pid in self.uploader_pids())
+        cpu["uploader"] = uploader
+        cpu["archiver_tree"] += uploader
+        deadline = time.monotonic() + UPLOADER_IDLE + 30
+        while self.uploader_pids():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the background uploader did not leave when idle")
+            time.sleep(0.1)
 
     def cpu_now(self) -> dict[str, float]:
         return {
@@ -293,6 +328,8 @@ class WalBench:
         cpu1 = self.cpu_now()
         cpu = {k: cpu1[k] - cpu0[k] for k in cpu1}
         cpu["pgbench"] = bench.cpu_seconds
+        if name.endswith("_async"):
+            self.settle_uploader(cpu)
         tps = _tps(bench.stdout)
         latencies, failures = _latencies(lat_file)
         total = count1 - count0
@@ -347,6 +384,9 @@ class WalBench:
         archived = self.archived()[0] - count0
         latencies, failures = _latencies(lat_file)
         lat = sorted(latencies)
+        cpu = {k: cpu1[k] - cpu0[k] for k in cpu1}
+        if name.endswith("_async"):
+            self.settle_uploader(cpu)
         result = {
             "name": name,
             "backlog": backlog,
@@ -358,7 +398,7 @@ class WalBench:
             "p50_ms": 1000 * statistics.median(lat) if lat else None,
             "max_ms": 1000 * lat[-1] if lat else None,
             "failures": failures,
-            "cpu": {k: cpu1[k] - cpu0[k] for k in cpu1},
+            "cpu": cpu,
         }
         log(f"  backlog {name}: {backlog} segments drained in {drain:.1f} s "
             f"({result['rate']:.2f}/s), {len(lat)} calls, p50 {result['p50_ms'] or 0:.0f} ms, "
