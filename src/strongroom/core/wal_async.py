@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,10 +67,15 @@ def holding_uploader_lock(spool: Spool) -> Iterator[bool]:
         os.close(fd)
 
 
-def self_command(orig_argv: Sequence[str], argv: Sequence[str]) -> list[str]:
-    """The command that started this process, without its arguments: the interpreter and
-    its options with the script (a console script, ``-m strongroom`` or ``-c CODE``)."""
-    return list(orig_argv[: len(orig_argv) - len(argv) + 1])
+def self_command() -> list[str]:
+    """A command that runs this executable's entry point with this process's interpreter
+    and module path, however this process was started (a console script, the ``-c`` launcher
+    of a wheel installed elsewhere, ``python -m strongroom``)."""
+    code = (
+        f"import sys; sys.path[:0] = {sys.path!r}; "
+        "from strongroom.interfaces.entry import main; sys.exit(main())"
+    )
+    return [sys.executable, "-E", "-s", "-c", code]
 
 
 def start_uploader(spool: Spool, wal_dir: Path, config_file: str | None) -> None:
@@ -78,7 +83,7 @@ def start_uploader(spool: Spool, wal_dir: Path, config_file: str | None) -> None
     neither PostgreSQL's archiver nor its shell waits for it); it says what it has to say in
     the spool's ``uploader.log``. The configuration reaches it the way it reached this call:
     the same environment and ``--config`` file, never a value on its command line."""
-    argv = self_command(sys.orig_argv, sys.argv)
+    argv = self_command()
     if config_file:
         argv += ["--config", config_file]
     argv += ["wal-uploader", str(wal_dir)]
