@@ -51,7 +51,7 @@ def base_env(work: Path) -> dict[str, str]:
 
 def exercise(cli: Path, work: Path, cluster: PgCluster) -> None:
     """keygen, check, backup, metrics, verify, restore, a tenant's backup and restore, a drill,
-    wal-fetch; the restored tables equal the source's."""
+    wal-fetch, an asynchronous wal-push; the restored tables equal the source's."""
     env = base_env(work)
     key = run(cli, work, env, "keygen").strip()
     if len(key) < 40:
@@ -88,6 +88,32 @@ def exercise(cli: Path, work: Path, cluster: PgCluster) -> None:
     # WAL: nothing is archived, so every location answers "not found": exit 1, as PostgreSQL wants
     wal_env = {**env, "STRONGROOM_PGDATA": str(cluster.data_dir)}
     run(cli, work, wal_env, "wal-fetch", "000000010000000000000001", str(work / "seg"), expect=1)
+    exercise_uploader(cli, work, wal_env, cluster)
+
+
+def exercise_uploader(cli: Path, work: Path, env: dict[str, str], cluster: PgCluster) -> None:
+    """``wal-push`` with ``BACKUP_WAL_ASYNC`` on starts the installed ``wal-uploader``, which
+    pushes the ``.ready`` segment; ``wal-fetch`` then gives back the same bytes."""
+    with psycopg.connect(cluster.url(), autocommit=True) as conn:
+        row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+    assert row is not None
+    name = str(row[0])
+    wal = work / "cluster" / "pg_wal"  # a copy: the uploader watches its archive_status
+    (wal / "archive_status").mkdir(parents=True)
+    (wal / name).write_bytes((cluster.data_dir / "pg_wal" / name).read_bytes())
+    (wal / "archive_status" / f"{name}.ready").touch()
+    spool = work / "spool"
+    env = {**env, "BACKUP_WAL_SPOOL_DIR": str(spool), "BACKUP_WAL_ASYNC": "true"}
+    env |= {"BACKUP_WAL_ASYNC_IDLE_SECONDS": "1", "BACKUP_WAL_ASYNC_WAIT_SECONDS": "60"}
+    run(cli, work, env, "wal-push", str(wal / name))
+    if not list((work / "local").glob(f"*/wal/*/{name}.manifest.json")):
+        raise CheckFailed(f"wal-push returned before {name} was archived")
+    run(cli, work, env, "wal-fetch", name, str(work / "fetched"))
+    if (work / "fetched").read_bytes() != (wal / name).read_bytes():
+        raise CheckFailed(f"wal-fetch gave back other bytes than the uploader pushed for {name}")
+    log = spool / "uploader.log"
+    if not log.exists() or log.read_text().strip():
+        raise CheckFailed(f"the uploader did not start, or said: {log.read_text()[:500]}")
 
 
 def exercise_tenant(
@@ -119,7 +145,7 @@ def main(argv: list[str]) -> int:
         return 1
     print(
         "wheel-check: the installed wheel backs up, verifies, restores, restores a tenant, "
-        "drills and fetches WAL",
+        "drills, pushes WAL through its background uploader and fetches it",
         file=sys.stderr,
     )
     return 0
