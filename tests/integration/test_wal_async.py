@@ -17,7 +17,7 @@ from test_wal_archive import SERVER_USER, Archive, _give, _manifest, archive  # 
 from strongroom.core.wal_async import uploader_running
 from strongroom.core.wal_spool import Spool
 
-IDLE = 2.0
+IDLE = 4.0
 
 
 def _async_config(arc: Archive, name: str, **extra: str) -> Path:
