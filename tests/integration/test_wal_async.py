@@ -35,7 +35,9 @@ def _archive_command(arc: Archive, config: Path | None) -> None:
 
 def _running(arc: Archive) -> bool:
     """Looked at only once the lock file exists (the server's user creates it, not the test)."""
-    return (arc.spool / "uploader.lock").exists() and uploader_running(Spool(arc.spool))
+    wal_dir = arc.pg.wal_dir
+    lock = Spool(arc.spool).uploader_lock(wal_dir) if arc.spool.is_dir() else None
+    return lock is not None and lock.exists() and uploader_running(Spool(arc.spool), wal_dir)
 
 
 def _until(what: str, done: object, timeout: float = 30) -> None:

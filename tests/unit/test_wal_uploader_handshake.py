@@ -39,18 +39,19 @@ def test_the_uploader_is_started_with_this_interpreter_and_module_path(tmp_path:
 
 
 def test_the_lock_says_whether_an_uploader_runs(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool")
-    assert not uploader_running(spool)
-    with holding_uploader_lock(spool) as held:
-        assert held and uploader_running(spool)
-        with holding_uploader_lock(spool) as second:
-            assert not second  # one uploader per spool
-    assert not uploader_running(spool)
+    spool, wal, other = Spool(tmp_path / "spool"), tmp_path / "a" / "pg_wal", tmp_path / "b"
+    assert not uploader_running(spool, wal)
+    with holding_uploader_lock(spool, wal) as held:
+        assert held and uploader_running(spool, wal)
+        with holding_uploader_lock(spool, wal) as second:
+            assert not second  # one uploader per pg_wal directory
+        assert not uploader_running(spool, other / "pg_wal")  # another cluster's is its own
+    assert not uploader_running(spool, wal)
 
 
 def test_a_record_answers_and_a_failure_hands_the_file_back_at_once(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
-    with holding_uploader_lock(spool):
+    with holding_uploader_lock(spool, tmp_path):
         spool.mark_pushed(NAME, "ab" * 32, "stamp")
         assert wait_for_record(spool, NAME, tmp_path, None, 5.0)
         spool.forget_pushed(NAME)
@@ -62,7 +63,7 @@ def test_a_record_answers_and_a_failure_hands_the_file_back_at_once(tmp_path: Pa
 
 def test_a_running_uploader_is_waited_for_no_longer_than_the_setting(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
-    with holding_uploader_lock(spool):
+    with holding_uploader_lock(spool, tmp_path):
         started = time.monotonic()
         assert not wait_for_record(spool, NAME, tmp_path, None, 0.3)
         assert 0.3 <= time.monotonic() - started < 2.0

@@ -36,11 +36,11 @@ START_GRACE = 5.0
 _PAUSE_FIRST, _PAUSE_MOST = 0.005, 0.05
 
 
-def uploader_running(spool: Spool) -> bool:
-    """Whether an uploader holds the spool's lock (it is released when its process ends,
+def uploader_running(spool: Spool, wal_dir: Path) -> bool:
+    """Whether an uploader of ``wal_dir`` holds its lock (released when its process ends,
     however it ends: no stale lock after a crash or SIGKILL)."""
     try:
-        fd = os.open(spool.uploader_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(spool.uploader_lock(wal_dir), os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
         return False
     try:
@@ -53,9 +53,10 @@ def uploader_running(spool: Spool) -> bool:
 
 
 @contextmanager
-def holding_uploader_lock(spool: Spool) -> Iterator[bool]:
-    """The uploader's lock, held while the block runs; ``False`` when another holds it."""
-    fd = os.open(spool.uploader_lock, os.O_RDWR | os.O_CREAT, 0o600)
+def holding_uploader_lock(spool: Spool, wal_dir: Path) -> Iterator[bool]:
+    """The lock of ``wal_dir``'s uploader, held while the block runs; ``False`` when another
+    process holds it."""
+    fd = os.open(spool.uploader_lock(wal_dir), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -111,7 +112,7 @@ def wait_for_record(
             return True
         if spool.failed(name):
             return False
-        if uploader_running(spool):
+        if uploader_running(spool, wal_dir):
             seen = True
         elif started is None:
             start_uploader(spool, wal_dir, config_file)

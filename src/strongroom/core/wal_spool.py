@@ -11,7 +11,8 @@ and pg_basebackup trip over foreign files there)::
     prefetch/<name>          a segment fetched and checked ahead of recovery's call
     failed/<name>            why the background uploader could not push a file (the
                              archiver's own call then pushes it and reports)
-    uploader.lock            locked by the running background uploader (``BACKUP_WAL_ASYNC``)
+    uploader-<dir>.lock      locked by the background uploader of one ``pg_wal`` directory
+                             (``BACKUP_WAL_ASYNC``; ``<dir>`` a digest of its path)
     uploader.log             what the background uploader said (warnings and failures)
 
 Every file is written to a temporary name and renamed, so a reader sees all or nothing. The
@@ -93,10 +94,14 @@ class Spool:
         with contextlib.suppress(OSError):
             (self.root / "failed" / name).unlink()
 
-    @property
-    def uploader_lock(self) -> Path:
+    def uploader_lock(self, wal_dir: Path) -> Path:
+        """The lock of ``wal_dir``'s uploader: one per cluster, so clusters that share a spool
+        (and a config file) do not wait for each other's uploader."""
+        import hashlib  # here: only the asynchronous path needs it
+
         self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-        return self.root / "uploader.lock"
+        digest = hashlib.sha256(str(wal_dir.absolute()).encode()).hexdigest()[:16]
+        return self.root / f"uploader-{digest}.lock"
 
     @property
     def uploader_log(self) -> Path:

@@ -69,7 +69,7 @@ def _keep_uploader(args: argparse.Namespace, spool_dir: str) -> None:
     wal_dir = Path(args.path).absolute().parent
     spool = Spool(spool_dir)
     try:
-        if wal_dir.name == "pg_wal" and not uploader_running(spool):
+        if wal_dir.name == "pg_wal" and not uploader_running(spool, wal_dir):
             start_uploader(spool, wal_dir, args.config)
     except OSError as exc:  # this file is archived: say so, and push the next one likewise
         log.warning("cannot start the background uploader: %s", exc.strerror or exc)

@@ -1,17 +1,18 @@
 """``wal-uploader PG_WAL``: with ``BACKUP_WAL_ASYNC`` on, push ``.ready`` files as they appear.
 
-One process, started by ``wal-push`` (:mod:`strongroom.core.wal_async`) and holding the spool's
-``uploader.lock``, watches ``pg_wal/archive_status``: every file PostgreSQL marks ``.ready`` is
-pushed exactly as ``wal-push`` pushes it (:class:`strongroom.services.wal_push._Pusher`: every
-required location durable, the manifest last, optional ones noted for ``heal``), up to
-``BACKUP_WAL_PUSH_PARALLEL`` at a time, oldest first, and recorded in the spool, so PostgreSQL's
-call for it returns at once. The key, the codec and the S3 clients are built once for the whole
-stay. A file it cannot push is noted in ``failed/<name>`` and left to PostgreSQL's own call,
-which pushes it and says why it failed; it is not tried again by this process. It stays at most
-``BACKUP_WAL_PUSH_AHEAD`` files ahead of PostgreSQL's calls (so pausing archiving with an empty
-``archive_command`` pauses it too, that far ahead). It leaves after
-``BACKUP_WAL_ASYNC_IDLE_SECONDS`` with nothing to push, when the directory goes, or on SIGTERM
-(records are written only after a push completed, so stopping at any point loses nothing).
+One process per ``pg_wal`` directory, started by ``wal-push`` (:mod:`strongroom.core.wal_async`)
+and holding that directory's lock in the spool, watches ``pg_wal/archive_status``: every file
+PostgreSQL marks ``.ready`` is pushed exactly as ``wal-push`` pushes it
+(:class:`strongroom.services.wal_push._Pusher`: every required location durable, the manifest
+last, optional ones noted for ``heal``), ``BACKUP_WAL_PUSH_PARALLEL`` at a time, oldest first,
+and recorded in the spool, so PostgreSQL's call for it returns at once. The key, the codec and
+the S3 clients are built once for the whole stay. A file it cannot push is noted in
+``failed/<name>`` and left to PostgreSQL's own call, which pushes it and says why it failed; it
+is not tried again by this process. It stays at most ``BACKUP_WAL_PUSH_AHEAD`` files ahead of
+PostgreSQL's calls (so pausing archiving with an empty ``archive_command`` pauses it too, that
+far ahead). It leaves after ``BACKUP_WAL_ASYNC_IDLE_SECONDS`` with nothing to push, when the
+directory goes, or on SIGTERM (records are written only after a push completed, so stopping at
+any point loses nothing).
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ def run_uploader(config: Config, wal_dir: Path) -> int:
         raise ConfigError(
             "BACKUP_WAL_ASYNC needs BACKUP_WAL_SPOOL_DIR: the uploader's records live there"
         )
-    spool = Spool(config.wal.spool_dir)
-    with holding_uploader_lock(spool) as held:
+    spool, wal_dir = Spool(config.wal.spool_dir), wal_dir.absolute()
+    with holding_uploader_lock(spool, wal_dir) as held:
         if not held:
             log.info("another uploader is running for %s", spool.root)
             return 0
-        return _Uploader(config, wal_dir.absolute(), spool).run()
+        return _Uploader(config, wal_dir, spool).run()
 
 
 class _Uploader:
