@@ -90,6 +90,13 @@ class Spool:
         except OSError:
             return ""
 
+    def failed_names(self) -> list[str]:
+        """The files the uploader could not push and no call has pushed since, by name."""
+        folder = self.root / "failed"
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
     def forget_failed(self, name: str) -> None:
         with contextlib.suppress(OSError):
             (self.root / "failed" / name).unlink()

@@ -122,7 +122,27 @@ def _wal_probe(config: Config, now: datetime) -> Probe | None:
     behind = _missed(config)
     if behind:
         probe.detail += f"; behind: {behind} (strongroom heal --all back-fills them)"
+    failed = uploader_failures(config)
+    if failed:
+        probe.detail += f"; {failed}"
     return probe
+
+
+def uploader_failures(config: Config) -> str:
+    """With ``BACKUP_WAL_ASYNC`` on: the files the background uploader could not push that no
+    call of the archiver has pushed since (where the spool is readable)."""
+    if not (config.wal.async_push and config.wal.spool_dir):
+        return ""
+    try:
+        names = Spool(config.wal.spool_dir).failed_names()
+    except OSError:
+        return ""
+    if not names:
+        return ""
+    return (
+        f"the background uploader could not push {len(names)} file(s) (oldest {names[0]}); "
+        "the archiver's own calls push them and say why, as does uploader.log in the spool"
+    )
 
 
 def _missed(config: Config) -> str:
