@@ -36,6 +36,14 @@ START_GRACE = 5.0
 _PAUSE_FIRST, _PAUSE_MOST = 0.005, 0.05
 
 
+def watched_dir(path: str) -> Path | None:
+    """The ``pg_wal`` directory an uploader would watch for the WAL file at ``path`` (as
+    PostgreSQL passes ``%p``), or ``None`` for a file elsewhere: ``wal-push`` pushes that one
+    itself."""
+    parent = Path(path).absolute().parent
+    return parent if parent.name == "pg_wal" else None
+
+
 def uploader_running(spool: Spool, wal_dir: Path) -> bool:
     """Whether an uploader of ``wal_dir`` holds its lock (released when its process ends,
     however it ends: no stale lock after a crash or SIGKILL)."""

@@ -35,6 +35,7 @@ class Spool:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._locks: dict[Path, Path] = {}
 
     def _dir(self, *parts: str) -> Path:
         path = self.root.joinpath(*parts)
@@ -69,14 +70,13 @@ class Spool:
     def pushed_names(self) -> set[str]:
         """Every file with a record of a push ahead (one directory listing)."""
         try:
-            return {n for n in os.listdir(self.root / "pushed") if not n.startswith(".")}
+            return set(self._names("pushed"))
         except OSError:
             return set()
 
     def forget_pushed(self, name: str) -> None:
         """A marker answers one call: after a crash PostgreSQL's re-push checks the archive."""
-        with contextlib.suppress(OSError):
-            (self.root / "pushed" / name).unlink()
+        self._forget("pushed", name)
 
     # -- the background uploader ------------------------------------------------------------
 
@@ -92,23 +92,22 @@ class Spool:
 
     def failed_names(self) -> list[str]:
         """The files the uploader could not push and no call has pushed since, by name."""
-        folder = self.root / "failed"
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        return self._names("failed")
 
     def forget_failed(self, name: str) -> None:
-        with contextlib.suppress(OSError):
-            (self.root / "failed" / name).unlink()
+        self._forget("failed", name)
 
     def uploader_lock(self, wal_dir: Path) -> Path:
         """The lock of ``wal_dir``'s uploader: one per cluster, so clusters that share a spool
-        (and a config file) do not wait for each other's uploader."""
-        import hashlib  # here: only the asynchronous path needs it
+        (and a config file) do not wait for each other's uploader. Worked out once per spool
+        object: ``wal-push`` asks for it every few milliseconds while it waits."""
+        if wal_dir not in self._locks:
+            import hashlib  # here: only the asynchronous path needs it
 
-        self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-        digest = hashlib.sha256(str(wal_dir.absolute()).encode()).hexdigest()[:16]
-        return self.root / f"uploader-{digest}.lock"
+            self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            digest = hashlib.sha256(str(wal_dir.absolute()).encode()).hexdigest()[:16]
+            self._locks[wal_dir] = self.root / f"uploader-{digest}.lock"
+        return self._locks[wal_dir]
 
     @property
     def uploader_log(self) -> Path:
@@ -127,8 +126,7 @@ class Spool:
             return None
 
     def mark_up(self, location: str) -> None:
-        with contextlib.suppress(OSError):
-            (self.root / "down" / location).unlink()
+        self._forget("down", location)
 
     def is_down(self, location: str, seconds: float) -> bool:
         since = self.down_since(location)
@@ -139,14 +137,10 @@ class Spool:
 
     def missed(self, location: str) -> list[str]:
         """The files ``location`` missed, oldest name first."""
-        folder = self.root / "missed" / location
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        return self._names("missed", location)
 
     def forget_missed(self, location: str, name: str) -> None:
-        with contextlib.suppress(OSError):
-            (self.root / "missed" / location / name).unlink()
+        self._forget("missed", location, name)
 
     # -- prefetched for recovery -------------------------------------------------------------
 
@@ -157,10 +151,22 @@ class Spool:
         self._write(self.prefetch_path(name), data)
 
     def prefetched(self) -> list[str]:
-        folder = self.root / "prefetch"
+        return self._names("prefetch")
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def _names(self, *parts: str) -> list[str]:
+        """The entries of a spool folder by name (none while it does not exist), leaving out
+        files still being written (``.name.tmp-...``)."""
+        folder = self.root.joinpath(*parts)
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+    def _forget(self, *parts: str) -> None:
+        """A spool file removed; one already gone is no error."""
+        with contextlib.suppress(OSError):
+            self.root.joinpath(*parts).unlink()
 
 
 def file_stamp(st: os.stat_result) -> str:

@@ -145,13 +145,13 @@ def uploaded(spool_dir: str, path: str, config_file: str | None, wait: float) ->
     within ``wait`` seconds (started if it is not running; :mod:`strongroom.core.wal_async`)."""
     from pathlib import Path
 
-    from strongroom.core.wal_async import wait_for_record
+    from strongroom.core.wal_async import wait_for_record, watched_dir
     from strongroom.core.wal_spool import Spool
 
-    file = Path(path).absolute()
-    if file.parent.name != "pg_wal":
-        return False  # the uploader watches pg_wal/archive_status: the CLI pushes this one
-    return wait_for_record(Spool(spool_dir), file.name, file.parent, config_file, wait)
+    wal_dir = watched_dir(path)
+    if wal_dir is None:
+        return False  # the CLI pushes this one
+    return wait_for_record(Spool(spool_dir), Path(path).name, wal_dir, config_file, wait)
 
 
 def wal_settings(config_file: str | None) -> tuple[str | None, str | None, float | None]:

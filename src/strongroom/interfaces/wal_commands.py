@@ -61,15 +61,12 @@ def wal_push(args: argparse.Namespace, config: Config) -> int:
 def _keep_uploader(args: argparse.Namespace, spool_dir: str) -> None:
     """With ``BACKUP_WAL_ASYNC`` on, a call that pushed its own file leaves the uploader
     running for the files behind it (started when none is)."""
-    from pathlib import Path
-
-    from strongroom.core.wal_async import start_uploader, uploader_running
+    from strongroom.core.wal_async import start_uploader, uploader_running, watched_dir
     from strongroom.core.wal_spool import Spool
 
-    wal_dir = Path(args.path).absolute().parent
-    spool = Spool(spool_dir)
+    wal_dir, spool = watched_dir(args.path), Spool(spool_dir)
     try:
-        if wal_dir.name == "pg_wal" and not uploader_running(spool, wal_dir):
+        if wal_dir is not None and not uploader_running(spool, wal_dir):
             start_uploader(spool, wal_dir, args.config)
     except OSError as exc:  # this file is archived: say so, and push the next one likewise
         log.warning("cannot start the background uploader: %s", exc.strerror or exc)

@@ -133,13 +133,8 @@ def _ready_ahead(file: Path, spool: Spool | None, limit: int) -> list[str]:
     """Files PostgreSQL has marked ready besides ``file``, oldest first, not yet pushed."""
     if spool is None or limit <= 0 or file.parent.name != "pg_wal":
         return []
-    names: list[str] = []
-    for name in ready_names(file.parent):
-        if name != file.name and not spool.pushed_sha(name):
-            names.append(name)
-        if len(names) >= limit:
-            break
-    return names
+    recorded = spool.pushed_names()
+    return [n for n in ready_names(file.parent) if n != file.name and n not in recorded][:limit]
 
 
 def ready_names(wal_dir: Path) -> list[str]:

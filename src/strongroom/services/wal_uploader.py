@@ -56,6 +56,7 @@ class _Uploader:
         self.config = config
         self.wal_dir = wal_dir
         self.spool = spool
+        # any path in the directory names the cluster (the data directory is its parent)
         self.pusher: _Pusher = make_pusher(config, wal_dir / "archive_status")
         self.parallel = config.wal.push_parallel
         self.limit = max(config.wal.push_ahead, self.parallel)
